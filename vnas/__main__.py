@@ -1,0 +1,3 @@
+from vnas.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""Pure plot functions: ``plot_x(..., ax=None)`` draws on ``ax`` (or a new figure) and returns the axes.
+
+One file per topic; all reachable as ``vnas.plots.plot_...``.
+"""
+
+from vnas.plots.data import *  # noqa: F403
+from vnas.plots.evidence import *  # noqa: F403
+from vnas.plots.search import *  # noqa: F403
+from vnas.plots.simplex import *  # noqa: F403
