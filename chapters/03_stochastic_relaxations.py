@@ -1,0 +1,557 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Stochastic relaxations: distributions over architectures
+#
+# DARTS (chapter 02) keeps one point $\alpha$ per edge and mixes all operations with the weights
+# $\mathrm{softmax}(\alpha)$. This chapter replaces the point by a **distribution over the simplex of
+# operation weights** and builds the tools the rest of the course stands on:
+#
+# 1. why sample architectures at all;
+# 2. the Gumbel-max trick, and its relaxation, the Concrete / Gumbel-softmax distribution (SNAS);
+# 3. the straight-through hard Gumbel estimator (GDAS);
+# 4. the Dirichlet distribution, its implicit reparameterisation gradients, and its KL to a prior
+#    (DrNAS and the course's variational method);
+# 5. an experiment that measures the **bias and variance** of each gradient estimator against an exact
+#    gradient.
+#
+# Everything here lives in `vnas.posteriors`, one interface for all five methods; the search chapters plug
+# it into the supernet. The first cell prints the mode: in **smoke** mode the numbers only show that the code
+# runs.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import vnas
+import vnas.checks
+from vnas import plots
+from vnas.posteriors import METHODS, build_posterior, dirichlet_kl, gumbel_softmax_sample
+from vnas.widgets import explore
+
+print(vnas.banner())
+MODE = vnas.mode()
+SIZES = {"smoke": dict(freq=5_000, repeats=3, mc=5_000, grad=2_000, taus=4),
+         "quick": dict(freq=100_000, repeats=20, mc=200_000, grad=100_000, taus=12),
+         "full": dict(freq=1_000_000, repeats=50, mc=1_000_000, grad=1_000_000, taus=20)}[MODE]
+vnas.setup(0)
+torch.set_default_dtype(torch.float64)  # estimator statistics below need more than float32's digits
+
+# %% [markdown]
+# ## 1. Why sample architectures?
+#
+# On every edge $e$ DARTS mixes the candidate operations $o \in \mathcal{O}$ with point weights
+#
+# $$\bar o_e(x) = \sum_{o \in \mathcal{O}} w_{e,o}\, o(x), \qquad
+#   w_e = \mathrm{softmax}(\alpha_e). \tag{3.1}$$
+#
+# The network it trains is a *mixture* that no single architecture implements; at the end the mixture is
+# cut to the arg-max operation, and nothing during the search measured how good that discrete network is
+# (the *discretisation gap*). The point $\alpha_e$ also carries no uncertainty: weights
+# $(0.5, 0.5)$ say the same thing whether the data could not separate the two operations or strongly
+# prefer a half-half blend.
+#
+# A distribution $q_\phi(w)$ over each edge's simplex fixes both. We minimise the *expected* loss of
+# architectures drawn from it,
+#
+# $$\min_\phi\; \mathbb{E}_{w \sim q_\phi}\big[\mathcal{L}(w)\big], \tag{3.2}$$
+#
+# and the spread of $q_\phi$ says how sure we are. A toy loss shows the difference: two operations with
+# outputs $c = (0, 1)$ and a target $t = 0.4$, $\mathcal{L}(w) = (w \cdot c - t)^2$. The DARTS objective
+# $\mathcal{L}(\mathrm{softmax}(\alpha))$ is perfect at the mixture $w = (0.6, 0.4)$, yet the two
+# architectures one could actually deploy have losses $0.16$ and $0.36$. The expected loss of a sampled
+# architecture, $\mathbb{E}_{k \sim \mathrm{softmax}(\alpha)}[\mathcal{L}(e_k)]
+# = \sum_k w_k \mathcal{L}(e_k)$, never reports a loss that no architecture has, and it pushes $q$
+# towards the better operation.
+
+# %%
+c_toy, t_toy = torch.tensor([0.0, 1.0]), 0.4
+gap = torch.linspace(-4, 4, 201)  # alpha_2 - alpha_1
+w = torch.stack([torch.sigmoid(-gap), torch.sigmoid(gap)], 1)
+darts_loss = (w @ c_toy - t_toy) ** 2
+expected_loss = w @ (c_toy - t_toy) ** 2  # sum_k w_k L(e_k)
+fig, ax = plt.subplots(figsize=(5.5, 3.2))
+ax.plot(gap, darts_loss, label=r"DARTS: $\mathcal{L}(\mathrm{softmax}(\alpha))$")
+ax.plot(gap, expected_loss, label=r"expected loss of a sampled architecture")
+ax.set_xlabel(r"$\alpha_2 - \alpha_1$")
+ax.set_ylabel("loss")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# All methods of this course share one interface, `vnas.posteriors.ArchDistribution`: per cell type an
+# $E \times O$ matrix of parameters $\alpha$; `sample()` gives the mixing weights of one forward pass
+# (one sample per edge, shared by the batch), `mean()` the point weights for deriving a genotype,
+# `regulariser(num_data)` the term added to the architecture loss. Here are all five on the two search
+# spaces (DARTS: 14 edges x 8 ops, normal and reduction cells; NAS-Bench-201: 6 edges x 5 ops).
+
+# %%
+SPACES = {"DARTS": (("normal", "reduce"), 14, 8), "NB201": (("cell",), 6, 5)}
+for space, (cell_types, num_edges, num_ops) in SPACES.items():
+    for method in METHODS:
+        q = build_posterior(method, cell_types, num_edges, num_ops)
+        w = q.sample()[cell_types[0]]
+        print(f"{space:5s} {method:11s} {type(q).__name__:10s} sample {tuple(w.shape)}, "
+              f"zeros in sample: {int((w == 0).sum()):3d}, regulariser(25000) = {q.regulariser(25_000):.2e}")
+
+# %% [markdown]
+# ## 2. The Gumbel-max trick
+#
+# To sample an operation $k$ with probabilities $\pi = \mathrm{softmax}(\alpha)$ we can perturb the
+# logits with independent standard Gumbel noise and take the arg-max:
+#
+# $$k = \arg\max_j\,(\alpha_j + g_j), \qquad g_j = -\log(-\log u_j),\; u_j \sim U(0, 1)
+# \quad\Longrightarrow\quad P(k = i) = \pi_i. \tag{3.3}$$
+#
+# *Derivation.* A standard Gumbel has CDF $G(z) = \exp(-e^{-z})$ and density $e^{-z} G(z)$, so
+# $z_j = \alpha_j + g_j$ has CDF $\exp(-e^{-(z - \alpha_j)})$. Index $i$ wins when every other
+# $z_j$ lies below $z_i$:
+#
+# $$P(k = i) = \int e^{-(z-\alpha_i)} \exp\!\big(-e^{-(z-\alpha_i)}\big)
+#   \prod_{j \ne i} \exp\!\big(-e^{-(z-\alpha_j)}\big)\, dz
+#   = \int e^{\alpha_i} e^{-z} \exp\!\Big(-e^{-z} \sum_j e^{\alpha_j}\Big) dz
+#   = \frac{e^{\alpha_i}}{\sum_j e^{\alpha_j}},$$
+#
+# since $\int a\, e^{-z} \exp(-b\, e^{-z})\,dz = a/b$. Let us check it empirically. Pearson's
+# $\chi^2 = \sum_i (n_i - n\pi_i)^2 / (n\pi_i)$ is close to chi-square with $K - 1$ degrees of freedom
+# when the counts $n_i$ follow $\pi$, and its p-value is then (nearly) uniform on $(0, 1)$. So we repeat
+# the experiment a few times: a correct sampler gives p-values spread over $(0, 1)$ (one in a hundred below
+# 0.01, by chance), a wrong one drives all of them towards 0.
+
+# %%
+alpha = torch.tensor([1.0, 0.0, -0.5, 2.0])
+pi, n, repeats = torch.softmax(alpha, 0), SIZES["freq"], SIZES["repeats"]
+counts = torch.zeros(repeats, 4)
+for r in range(repeats):
+    u = torch.rand(n, 4)
+    k = (alpha - torch.log(-torch.log(u))).argmax(-1)  # Eq. (3.3)
+    counts[r] = torch.bincount(k, minlength=4)
+chi2 = ((counts - n * pi) ** 2 / (n * pi)).sum(-1)
+p_values = torch.special.gammaincc(torch.tensor(3 / 2), chi2 / 2)  # chi-square survival function, 3 dof
+print(f"mode: {MODE}, {repeats} repeats of {n} samples")
+print("softmax(alpha)          ", [f"{v:.4f}" for v in pi.tolist()])
+print("Gumbel-max frequencies  ", [f"{v:.4f}" for v in (counts.sum(0) / (n * repeats)).tolist()])
+print("p-values, sorted        ", [f"{v:.3g}" for v in p_values.sort().values.tolist()])
+
+# %% [markdown]
+# ## 3. The Concrete / Gumbel-softmax relaxation (SNAS)
+#
+# The arg-max has no useful gradient. Maddison et al. (ICLR 2017) and Jang et al. (ICLR 2017) replace it by a
+# softmax at temperature $\tau$:
+#
+# $$y = \mathrm{softmax}\!\Big(\frac{\alpha + g}{\tau}\Big), \qquad g_j = -\log(-\log u_j). \tag{3.4}$$
+#
+# $y$ is a point *inside* the simplex, a differentiable function of $\alpha$ for fixed noise (a
+# reparameterisation). As $\tau \to 0$ it becomes the one-hot Gumbel-max sample; as $\tau$ grows it moves to
+# the centre. SNAS (Xie et al., ICLR 2019) trains the supernet on such samples and anneals $\tau$ during the
+# search. **Exercise 1:** write the sampler (draw the noise with `generator`, so runs repeat).
+
+# %%
+def my_gumbel_softmax(logits, tau, generator=None):
+    """A Concrete sample, Eq. (3.4), along the last dimension of ``logits``."""
+    ### BEGIN SOLUTION
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype)
+    g = -torch.log(-torch.log(u))
+    return torch.softmax((logits + g) / tau, dim=-1)
+    ### END SOLUTION
+
+
+vnas.checks.check_gumbel_softmax(my_gumbel_softmax)
+
+# %% [markdown]
+# The library's `gumbel_softmax_sample(logits, tau, generator, hard)` is the same equation (it also guards
+# $u = 0$). Samples on the simplex of three operations with logits $(1, 0, -1)$; the red cross is
+# $\mathrm{softmax}(\alpha)$. At small $\tau$ the samples crowd the corners (with frequencies
+# $\pi$); at large $\tau$ they gather near the centre, *not* around $\pi$: a hot relaxation forgets the
+# logits.
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
+for ax, tau in zip(axes, (0.1, 0.5, 1.0, 5.0), strict=True):
+    plots.plot_concrete(logits=(1.0, 0.0, -1.0), tau=tau, ax=ax)
+plt.show()
+
+# %% [markdown]
+# Move the temperature yourself (a static figure in smoke mode):
+
+# %%
+explore(plots.plot_concrete, fixed={"logits": (1.0, 0.0, -1.0)}, tau=(0.05, 5.0))
+
+# %% [markdown]
+# `set_progress(epoch, epochs)` anneals the temperature. `Concrete` (SNAS) decays it exponentially,
+# $\tau = \tau_0 (\tau_{\min}/\tau_0)^{p}$, `HardGumbel` (GDAS) linearly,
+# $\tau = \tau_0 + (\tau_{\min} - \tau_0)\,p$, with progress $p = \text{epoch} / (\text{epochs} - 1)$.
+
+# %%
+fig, ax = plt.subplots(figsize=(5.5, 3.0))
+for method in ("snas", "gdas"):
+    q = build_posterior(method, ("cell",), 6, 5)
+    taus = []
+    for epoch in range(50):
+        q.set_progress(epoch, 50)
+        taus.append(q.tau)
+    ax.plot(taus, label=f"{method}: {q.tau0} -> {q.tau_min} ({q.schedule})")
+ax.set_yscale("log")
+ax.set_xlabel("epoch")
+ax.set_ylabel(r"temperature $\tau$")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## 4. Straight-through hard Gumbel (GDAS)
+#
+# GDAS (Dong & Yang, CVPR 2019) wants a *discrete* architecture in the forward pass, so that only the chosen
+# operation runs, yet gradients for $\alpha$. The straight-through estimator uses the one-hot sample forward
+# and the soft sample's gradient backward, with $\mathrm{sg}$ the stop-gradient:
+#
+# $$y = \mathrm{onehot}\big(\arg\max_j y^{\text{soft}}_j\big) + y^{\text{soft}}
+#   - \mathrm{sg}(y^{\text{soft}}), \qquad
+#   y^{\text{soft}} = \mathrm{softmax}\!\Big(\frac{\alpha + g}{\tau}\Big). \tag{3.5}$$
+#
+# $y^{\text{soft}} - \mathrm{sg}(y^{\text{soft}})$ is exactly zero in floating point, so the unselected
+# operations get weight exactly $0.0$ and the supernet can skip them.
+
+# %%
+q = build_posterior("gdas", ("cell",), 6, 5, tau0=1.0)
+w = q.sample()["cell"]
+print("forward weights (exact one-hot):\n", w.detach())
+print("values:", sorted(set(w.detach().flatten().tolist())))
+(w * torch.arange(5.0)).sum().backward()
+print("gradient w.r.t. alpha (from the soft sample):\n", q.alphas["cell"].grad)
+
+# %% [markdown]
+# The gradient is that of a *different* function (the soft sample) from the one evaluated (the hard one):
+# the estimator is biased. Section 8 measures by how much.
+#
+# ## 5. The Dirichlet distribution on the simplex (DrNAS)
+#
+# DrNAS (Chen et al., ICLR 2021) puts a Dirichlet on each edge's weights, with concentration
+# $\beta_e = \mathrm{elu}(\alpha_e) + 1 > 0$:
+#
+# $$q(w_e) = \mathrm{Dir}(w_e; \beta_e) = \frac{\Gamma(\beta_{e,0})}{\prod_k \Gamma(\beta_{e,k})}
+#   \prod_k w_{e,k}^{\beta_{e,k} - 1}, \qquad \beta_{e,0} = \sum_k \beta_{e,k}. \tag{3.6}$$
+#
+# Its mean is what DrNAS uses to derive the genotype; its total concentration $\beta_0$ says how sure it is;
+# and it has a closed-form differential entropy ($K$ ops, $B$ the multivariate Beta function, $\psi$ the
+# digamma function):
+#
+# $$\mathbb{E}[w_k] = \frac{\beta_k}{\beta_0}, \quad
+#   \mathrm{Var}[w_k] = \frac{\beta_k(\beta_0 - \beta_k)}{\beta_0^2(\beta_0 + 1)}, \quad
+#   H = \log B(\beta) + (\beta_0 - K)\,\psi(\beta_0) - \sum_k (\beta_k - 1)\,\psi(\beta_k). \tag{3.7}$$
+#
+# Below, densities and samples for the same mean $(0.5, 0.3, 0.2)$ at growing total concentration. Note the
+# entropy: it is largest for the flat $\mathrm{Dir}(1, 1, 1)$ (uniform on the simplex) and falls **both**
+# ways, towards the corners ($\beta_0$ small) and towards the mean ($\beta_0$ large). That is why
+# `edge_stats()` reports both the entropy and $\beta_0$.
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+for ax, scale in zip(axes, (0.5, 3.0, 10.0, 50.0), strict=True):
+    plots.plot_dirichlet(scale=scale, mean=(0.5, 0.3, 0.2), ax=ax)
+plt.show()
+
+# %%
+explore(plots.plot_dirichlet, fixed={"mean": (0.5, 0.3, 0.2)}, scale=(0.3, 50.0))
+
+# %% [markdown]
+# Eq. (3.7) against our own formula and against torch, for one edge:
+
+# %%
+beta = torch.tensor([2.0, 0.7, 1.3, 4.0])
+b0, K = beta.sum(), len(beta)
+log_B = torch.lgamma(beta).sum() - torch.lgamma(b0)
+H = log_B + (b0 - K) * torch.digamma(b0) - ((beta - 1) * torch.digamma(beta)).sum()
+print(f"mean {beta / b0}, entropy (Eq. 3.7) {H:.6f}, "
+      f"torch {torch.distributions.Dirichlet(beta).entropy():.6f}")
+
+# %% [markdown]
+# ## 6. Reparameterising the Dirichlet: implicit gradients
+#
+# For a Gaussian we write $w = \mu + \sigma \varepsilon$ and differentiate through it. A Dirichlet (or Gamma)
+# sample has no such closed-form transform: its inverse CDF is not tractable. Figurnov et al. (NeurIPS 2018)
+# observe that we never need the inverse. If $u = F(x; \beta)$ is the CDF at the sample and we hold $u$
+# fixed while $\beta$ moves, then $0 = \mathrm{d}F = \partial_x F\, \mathrm{d}x + \partial_\beta F\,
+# \mathrm{d}\beta$, and since $\partial_x F = q(x; \beta)$ is the density,
+#
+# $$\nabla_\beta x = -\frac{\nabla_\beta F(x; \beta)}{q(x; \beta)}. \tag{3.8}$$
+#
+# Only the CDF's derivative and the density at the sample are needed. Check Eq. (3.8) for
+# $x \sim \mathrm{Gamma}(a, 1)$, whose CDF is the regularised incomplete gamma function: differentiate the
+# CDF in $a$ by central differences and compare with the gradient torch's `rsample` gives for the same
+# sample. (A Dirichlet sample is normalised Gamma samples, $w_k = \gamma_k / \sum_j \gamma_j$; the backward
+# pass of torch's `Dirichlet.rsample` evaluates an implicit derivative of this kind.)
+
+# %%
+a = torch.tensor(1.7, requires_grad=True)
+for _ in range(3):
+    x = torch.distributions.Gamma(a, 1.0).rsample()
+    (dx_da,) = torch.autograd.grad(x, a)
+    xd, h = x.detach(), 1e-5
+    a0 = a.detach()
+    dF_da = (torch.special.gammainc(a0 + h, xd) - torch.special.gammainc(a0 - h, xd)) / (2 * h)
+    density = torch.distributions.Gamma(a0, 1.0).log_prob(xd).exp()
+    print(f"x = {xd:.4f}: torch rsample dx/da = {dx_da:.6f}, implicit -dF/da / q = {-dF_da / density:.6f}")
+
+# %% [markdown]
+# In `vnas.posteriors.Dirichlet`, `sample()` is `torch.distributions.Dirichlet(beta).rsample()`: one sample
+# per edge, differentiable w.r.t. $\alpha$ through $\beta = \mathrm{elu}(\alpha) + 1$. (It uses torch's
+# global random generator, since `rsample` takes none: seed with `vnas.setup`.)
+
+# %%
+q = build_posterior("drnas", ("cell",), 6, 5)
+w = q.sample()["cell"]
+(w * torch.arange(5.0)).sum().backward()
+print("one sample per edge, rows sum to", w.sum(-1).detach())
+print("gradient reaches alpha:", q.alphas["cell"].grad.abs().sum(-1))
+
+# %% [markdown]
+# ## 7. The KL between Dirichlets, and the variational objective
+#
+# The course's method is variational: a prior $p(w_e) = \mathrm{Dir}(c_0, \dots, c_0)$ on every edge, the
+# posterior $q(w_e) = \mathrm{Dir}(\beta_e)$, and (chapter 01) the ELBO per data point subtracts
+# $\frac{1}{N}\sum_e \mathrm{KL}(q(w_e) \,\|\, p(w_e))$. With $\gamma$ the prior's concentration
+# ($\gamma_k = c_0$) and $\gamma_0 = \sum_k \gamma_k$, taking the expectation of
+# $\log q - \log p$ under $q$ with $\mathbb{E}_q[\log w_k] = \psi(\beta_k) - \psi(\beta_0)$ gives
+#
+# $$\mathrm{KL}\big(\mathrm{Dir}(\beta) \,\|\, \mathrm{Dir}(\gamma)\big)
+#   = \log\Gamma(\beta_0) - \sum_k \log\Gamma(\beta_k) - \log\Gamma(\gamma_0) + \sum_k \log\Gamma(\gamma_k)
+#   + \sum_k (\beta_k - \gamma_k)\big(\psi(\beta_k) - \psi(\beta_0)\big). \tag{3.9}$$
+#
+# **Exercise 2:** write it, one KL per edge (`beta` is $E \times O$, the last dimension holds the ops).
+
+# %%
+def my_dirichlet_kl(beta, c0):
+    """Eq. (3.9) per edge, for the symmetric prior Dir(c0, ..., c0)."""
+    ### BEGIN SOLUTION
+    gamma = torch.full_like(beta, c0)
+    beta_0, gamma_0 = beta.sum(-1), gamma.sum(-1)
+    return (torch.lgamma(beta_0) - torch.lgamma(beta).sum(-1) - torch.lgamma(gamma_0)
+            + torch.lgamma(gamma).sum(-1)
+            + ((beta - gamma) * (torch.digamma(beta) - torch.digamma(beta_0)[..., None])).sum(-1))
+    ### END SOLUTION
+
+
+vnas.checks.check_dirichlet_kl(my_dirichlet_kl)
+
+# %% [markdown]
+# A closed form is only as good as its derivation, so check Eq. (3.9) (the library's `dirichlet_kl`)
+# against a Monte Carlo estimate $\frac{1}{S}\sum_s \log q(w^{(s)}) - \log p(w^{(s)})$,
+# $w^{(s)} \sim q$, with its standard error:
+
+# %%
+beta = torch.tensor([[0.5, 2.0, 1.0, 3.0, 0.8], [5.0, 5.0, 5.0, 5.0, 5.0], [0.2, 0.2, 9.0, 0.2, 0.2]])
+c0, S = 0.5, SIZES["mc"]
+q_dist = torch.distributions.Dirichlet(beta)
+p_dist = torch.distributions.Dirichlet(torch.full_like(beta, c0))
+x = q_dist.sample((S,))
+log_ratio = q_dist.log_prob(x) - p_dist.log_prob(x)
+print(f"mode: {MODE}, {S} Monte Carlo samples")
+for e in range(3):
+    mc, se = log_ratio[:, e].mean(), log_ratio[:, e].std() / math.sqrt(S)
+    print(f"edge {e}: closed form {dirichlet_kl(beta[e], c0):.4f}   Monte Carlo {mc:.4f} +- {se:.4f}")
+
+# %% [markdown]
+# The variational method's `regulariser(num_data)` is exactly `kl_scale` times
+# $\sum_{\text{cell types}} \sum_e \mathrm{KL}_e / N$. A teaching point: NASLib's DrNAS
+# takes *one* KL over all edges' parameters flattened into a single Dirichlet. That is a different
+# quantity (one distribution over a simplex of $E \cdot O$ weights, not $E$ independent simplices):
+
+# %%
+print(f"sum of per-edge KLs: {dirichlet_kl(beta, c0).sum():.4f}   "
+      f"one KL over the flattened vector: {dirichlet_kl(beta.flatten(), c0):.4f}")
+q = build_posterior("variational", ("cell",), 6, 5, c0=0.5)
+print(f"variational regulariser at N = 25000: {q.regulariser(25_000).item():.3e}")
+
+# %% [markdown]
+# ## 8. Bias and variance of the gradient estimators
+#
+# Eq. (3.2) needs $\nabla_\phi \mathbb{E}_{q_\phi}[f(w)]$. We now have four ways to estimate it from
+# samples. The **score function** (REINFORCE) estimator works for any distribution,
+#
+# $$\nabla_\phi \mathbb{E}_{q_\phi}[f(w)] = \mathbb{E}_{q_\phi}\big[f(w)\, \nabla_\phi \log q_\phi(w)\big],
+# \tag{3.10}$$
+#
+# and is unbiased; the **pathwise** estimators differentiate $f$ at a reparameterised sample: Gumbel-softmax
+# (Eq. 3.4, biased for the discrete objective, more so as $\tau$ grows), straight-through (Eq. 3.5, biased),
+# and the Dirichlet's implicit reparameterisation (Eq. 3.8, unbiased for the Dirichlet objective).
+#
+# To measure bias we need the exact gradient. Take $K = 4$ operations with outputs $c$ and the quadratic
+# loss $f(w) = (w \cdot c - t)^2$:
+#
+# * **categorical objective** $\mathbb{E}_{k \sim \mathrm{softmax}(\alpha)}[f(e_k)] = \sum_k \pi_k f(e_k)$;
+#   exact gradient by autograd on that sum. Estimated by REINFORCE, Gumbel-softmax and straight-through.
+# * **Dirichlet objective** $\mathbb{E}_{\mathrm{Dir}(\beta)}[f(w)]$ with $\beta = \mathrm{elu}(\alpha) + 1$,
+#   in closed form through the moments $\mathbb{E}[w] = \beta/\beta_0$,
+#   $\mathbb{E}[w w^\top] = (\beta\beta^\top + \mathrm{diag}\,\beta) / (\beta_0(\beta_0 + 1))$. Estimated by
+#   the implicit pathwise gradient and by REINFORCE.
+
+# %%
+K, t = 4, 0.5
+c = torch.tensor([1.0, 0.2, 0.6, -0.4])
+alpha0 = torch.tensor([0.5, -0.3, 0.2, 0.0])
+
+
+def f(w):
+    """The loss of (relaxed) weights w [n, K] -> [n]."""
+    return (w @ c - t) ** 2
+
+
+def exact_grad(objective):
+    a = alpha0.clone().requires_grad_()
+    objective(a).backward()
+    return a.grad
+
+
+def categorical_objective(a):
+    return torch.softmax(a, 0) @ f(torch.eye(K))
+
+
+def dirichlet_objective(a):
+    beta = F.elu(a) + 1
+    b0 = beta.sum()
+    m1, m2 = beta / b0, (torch.outer(beta, beta) + torch.diag(beta)) / (b0 * (b0 + 1))
+    return c @ m2 @ c - 2 * t * (c @ m1) + t**2
+
+
+EXACT = {"categorical": exact_grad(categorical_objective), "Dirichlet": exact_grad(dirichlet_objective)}
+print({k: v.tolist() for k, v in EXACT.items()})
+
+# %% [markdown]
+# Each estimator is written as a *surrogate*: a function of $\alpha$ whose gradient is the one-sample
+# estimate. Giving every sample its own copy of $\alpha$ (a row of an $n \times K$ matrix) yields $n$
+# independent one-sample estimates from one backward pass.
+
+# %%
+def score_function_categorical(a):
+    k = torch.multinomial(torch.softmax(a, -1).detach(), 1).squeeze(-1)
+    log_p = torch.log_softmax(a, -1).gather(-1, k[:, None]).squeeze(-1)
+    return f(F.one_hot(k, K).to(a)).detach() * log_p  # gradient: f(e_k) * grad log pi_k, Eq. (3.10)
+
+
+def gumbel_softmax(tau):
+    return lambda a: f(gumbel_softmax_sample(a, tau))  # Eq. (3.4)
+
+
+def straight_through(tau):
+    return lambda a: f(gumbel_softmax_sample(a, tau, hard=True))  # Eq. (3.5)
+
+
+def dirichlet_pathwise(a):
+    return f(torch.distributions.Dirichlet(F.elu(a) + 1).rsample())  # Eq. (3.8)
+
+
+def score_function_dirichlet(a):
+    q = torch.distributions.Dirichlet(F.elu(a) + 1)
+    w = q.sample()
+    return f(w) * q.log_prob(w)  # Eq. (3.10)
+
+
+def one_sample_grads(surrogate, n):
+    a = alpha0.repeat(n, 1).requires_grad_()
+    surrogate(a).sum().backward()
+    return a.grad  # [n, K]: row i is the i-th one-sample estimate
+
+
+def summarise(name, target, grads):
+    """Bias of the mean estimate (with its standard error) and spread of one sample, relative to |exact|."""
+    exact, n = EXACT[target], grads.shape[0]
+    scale, total_var = exact.norm(), grads.var(0).sum()
+    return {"estimator": name, "target": target, "bias": ((grads.mean(0) - exact).norm() / scale).item(),
+            "bias_se": (total_var / n).sqrt().item() / scale.item(), "std": (total_var.sqrt() / scale).item()}
+
+
+# %%
+n = SIZES["grad"]
+estimators = [("REINFORCE", "categorical", score_function_categorical)]
+estimators += [(f"Gumbel-softmax tau={tau}", "categorical", gumbel_softmax(tau))
+               for tau in (0.1, 0.5, 1.0, 2.0)]
+estimators += [("straight-through tau=1", "categorical", straight_through(1.0)),
+               ("Dirichlet implicit", "Dirichlet", dirichlet_pathwise),
+               ("REINFORCE (Dirichlet)", "Dirichlet", score_function_dirichlet)]
+rows = [summarise(name, target, one_sample_grads(fn, n)) for name, target, fn in estimators]
+print(f"mode: {MODE}, {n} one-sample estimates each; all numbers relative to |exact gradient|")
+print(f"{'estimator':26s} {'target':12s} {'bias':>8s} {'+- s.e.':>8s} {'std (1 sample)':>15s}")
+for r in rows:
+    print(f"{r['estimator']:26s} {r['target']:12s} {r['bias']:8.4f} {r['bias_se']:8.4f} {r['std']:15.3f}")
+
+# %%
+ax = plots.plot_estimators(rows, title=f"gradient estimators ({MODE} mode, n = {n})")
+plt.show()
+
+# %% [markdown]
+# A bias within about two standard errors of zero is not resolved by this many samples: the score
+# function and Dirichlet-implicit estimators are unbiased by construction, and should sit there. How does
+# the temperature trade bias against variance for Gumbel-softmax?
+
+# %%
+taus = torch.logspace(-1.3, 0.7, SIZES["taus"]).tolist()
+sweep = [summarise(f"{tau:.2f}", "categorical", one_sample_grads(gumbel_softmax(tau), n)) for tau in taus]
+fig, ax = plt.subplots(figsize=(5.5, 3.4))
+ax.plot(taus, [r["bias"] for r in sweep], "o-", label="|bias|")
+ax.plot(taus, [r["std"] for r in sweep], "s-", label="std of one sample")
+ax.axhline(rows[0]["std"], color="0.5", ls="--", label="REINFORCE std")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_xlabel(r"temperature $\tau$")
+ax.set_ylabel("relative to |exact gradient|")
+ax.set_title(f"Gumbel-softmax ({MODE} mode, n = {n})", fontsize=10)
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# What to look for (in quick or full mode; smoke numbers are noise), computed from the table rather than
+# typed in:
+#
+# * the score function (REINFORCE) estimators are unbiased, so their bias should lie within about two
+#   standard errors of zero, but their one-sample spread is large;
+# * Gumbel-softmax trades one for the other: a low temperature has little bias and a large variance (the
+#   softmax's slope grows as $1/\tau$), a high temperature a small variance and a large bias. That is why
+#   SNAS and GDAS anneal $\tau$;
+# * straight-through runs a discrete architecture forward, at the price of a bias;
+# * the Dirichlet's implicit gradient is unbiased for its own objective, with a smaller spread than
+#   REINFORCE on the same objective: one sample per edge per step is usable, as in DrNAS.
+#
+# The categorical and Dirichlet rows estimate gradients of different objectives; compare within a target.
+
+# %%
+by_name = {r["estimator"]: r for r in rows}
+for r in rows:
+    resolved = r["bias"] > 2 * r["bias_se"]
+    print(f"{r['estimator']:26s} bias {'resolved' if resolved else 'not resolved (within 2 s.e. of 0)'}")
+pairs = [("Dirichlet implicit", "REINFORCE (Dirichlet)"), ("Gumbel-softmax tau=0.1", "REINFORCE"),
+         ("Gumbel-softmax tau=1.0", "REINFORCE"), ("straight-through tau=1", "REINFORCE")]
+for a_name, b_name in pairs:
+    ratio = by_name[a_name]["std"] / by_name[b_name]["std"]
+    print(f"std of {a_name} / std of {b_name}: {ratio:.2f}   ({MODE} mode)")
+
+# %% [markdown]
+# ## Summary
+#
+# | method | `build_posterior` name | sample | point weights | regulariser |
+# | --- | --- | --- | --- | --- |
+# | DARTS | `darts` | $\mathrm{softmax}(\alpha)$ (no noise) | softmax | none |
+# | SNAS | `snas` | Concrete, Eq. (3.4), $\tau$ annealed | softmax | none |
+# | GDAS | `gdas` | hard Gumbel, Eq. (3.5) | softmax | none |
+# | DrNAS | `drnas` | $\mathrm{Dir}(\mathrm{elu}(\alpha)+1)$, Eq. (3.8) | Dir. mean | weight decay, or KL |
+# | variational | `variational` | same | Dir. mean | $\sum_e \mathrm{KL}_e / N$, Eq. (3.9) |
+#
+# **References.** C. J. Maddison, A. Mnih, Y. W. Teh, *The Concrete Distribution*, ICLR 2017.
+# E. Jang, S. Gu, B. Poole, *Categorical Reparameterization with Gumbel-Softmax*, ICLR 2017.
+# S. Xie, H. Zheng, C. Liu, L. Lin, *SNAS: Stochastic Neural Architecture Search*, ICLR 2019.
+# X. Dong, Y. Yang, *Searching for a Robust Neural Architecture in Four GPU Hours* (GDAS), CVPR 2019.
+# X. Chen, R. Wang, M. Cheng, X. Tang, C.-J. Hsieh, *DrNAS: Dirichlet Neural Architecture Search*, ICLR 2021.
+# M. Figurnov, S. Mohamed, A. Mnih, *Implicit Reparameterization Gradients*, NeurIPS 2018.
+# H. Liu, K. Simonyan, Y. Yang, *DARTS: Differentiable Architecture Search*, ICLR 2019.

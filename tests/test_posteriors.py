@@ -1,0 +1,267 @@
+"""Tests of vnas.posteriors: closed forms against torch and Monte Carlo, estimator gradients against
+finite differences of exact expectations, shapes, schedules and error messages.
+
+Statistical tolerances are z standard errors of the estimate (seeded, so the tests are deterministic).
+"""
+
+import math
+
+import pytest
+import torch
+
+from vnas.posteriors import (
+    METHODS,
+    Concrete,
+    Dirichlet,
+    HardGumbel,
+    build_posterior,
+    dirichlet_kl,
+    gumbel_softmax_sample,
+)
+
+Z = 4.5  # standard errors allowed in statistical checks
+SPACES = {"darts": (("normal", "reduce"), 14, 8), "nb201": (("cell",), 6, 5)}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def random_beta(*shape):
+    return torch.exp(torch.randn(*shape, dtype=torch.float64))  # spans ~0.1 .. 10
+
+
+# --- Dirichlet KL ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("c0", [0.5, 1.0, 3.0])
+def test_dirichlet_kl_matches_torch(c0):
+    beta = random_beta(6, 5)
+    expected = torch.distributions.kl_divergence(torch.distributions.Dirichlet(beta),
+                                                 torch.distributions.Dirichlet(torch.full_like(beta, c0)))
+    torch.testing.assert_close(dirichlet_kl(beta, c0), expected)
+
+
+def test_dirichlet_kl_tensor_prior_and_zero_at_equality():
+    beta, c = random_beta(4, 3), random_beta(4, 3)
+    expected = torch.distributions.kl_divergence(torch.distributions.Dirichlet(beta),
+                                                 torch.distributions.Dirichlet(c))
+    torch.testing.assert_close(dirichlet_kl(beta, c), expected)
+    torch.testing.assert_close(dirichlet_kl(beta, beta), torch.zeros(4, dtype=beta.dtype))
+
+
+def test_dirichlet_kl_matches_monte_carlo():
+    beta, c0, n = random_beta(3, 4), 0.7, 200_000
+    q, p = torch.distributions.Dirichlet(beta), torch.distributions.Dirichlet(torch.full_like(beta, c0))
+    x = q.sample((n,))
+    log_ratio = q.log_prob(x) - p.log_prob(x)  # [n, E]
+    se = log_ratio.std(0) / math.sqrt(n)
+    assert torch.all((log_ratio.mean(0) - dirichlet_kl(beta, c0)).abs() < Z * se)
+
+
+def test_dirichlet_kl_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="> 0"):
+        dirichlet_kl(torch.ones(2, 3), 0.0)
+    with pytest.raises(ValueError, match="> 0"):
+        dirichlet_kl(torch.tensor([[1.0, -1.0]]), 1.0)
+
+
+# --- Dirichlet samples and pathwise gradients ------------------------------------------------------
+
+def dirichlet_moments(beta):
+    """E[x] and E[x x^T] of Dir(beta) in closed form."""
+    b0 = beta.sum()
+    return beta / b0, (torch.outer(beta, beta) + torch.diag(beta)) / (b0 * (b0 + 1))
+
+
+def test_rsample_gradient_matches_finite_differences_of_exact_expectation():
+    # f(x) = c.x + x^T D x, so E[f] = c.E[x] + tr(D E[x x^T]) is known in closed form
+    c, D = torch.randn(4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    beta0 = torch.tensor([0.8, 1.5, 2.0, 4.0], dtype=torch.float64)
+
+    def exact(beta):
+        m1, m2 = dirichlet_moments(beta)
+        return c @ m1 + (D * m2).sum()
+
+    h = 1e-5
+    fd = torch.stack([(exact(beta0 + h * e) - exact(beta0 - h * e)) / (2 * h) for e in torch.eye(4).double()])
+    n = 50_000
+    beta = beta0.repeat(n, 1).requires_grad_()  # one row per sample: row i's grad is sample i's estimate
+    x = torch.distributions.Dirichlet(beta).rsample()
+    (x @ c + torch.einsum("ni,ij,nj->n", x, D, x)).sum().backward()
+    grads = beta.grad
+    se = grads.std(0) / math.sqrt(n)
+    assert torch.all((grads.mean(0) - fd).abs() < Z * se + 1e-6), (grads.mean(0), fd, se)
+
+
+def test_posterior_samples_match_dirichlet_moments():
+    q = Dirichlet(("cell",), 2, 3, param="softplus")
+    with torch.no_grad():
+        q.alphas["cell"].copy_(torch.tensor([[0.5, 1.0, 2.0], [-1.0, 0.0, 3.0]]))
+    n = 20_000
+    x = torch.stack([q.sample()["cell"] for _ in range(n)]).double()  # [n, E, O]
+    beta = torch.nn.functional.softplus(q.alphas["cell"].detach()).double()
+    b0 = beta.sum(-1, keepdim=True)
+    mean, var = beta / b0, beta * (b0 - beta) / (b0**2 * (b0 + 1))
+    assert torch.all((x.mean(0) - mean).abs() < Z * (var / n).sqrt())
+    centred = x - x.mean(0)
+    var_se = ((centred**4).mean(0) - var**2).clamp_min(0).div(n).sqrt()
+    assert torch.all((x.var(0) - var).abs() < Z * var_se + 1e-9)
+
+
+def test_dirichlet_mean_entropy_log_prob_and_regulariser():
+    q = build_posterior("variational", ("normal", "reduce"), 3, 4, c0=0.5, kl_scale=2.0)
+    with torch.no_grad():
+        for a in q.alphas.values():
+            a.normal_()
+    stats = q.edge_stats()
+    total_kl = 0.0
+    for c in q.cell_types:
+        beta = torch.nn.functional.elu(q.alphas[c].detach()) + 1
+        dist = torch.distributions.Dirichlet(beta)
+        torch.testing.assert_close(torch.tensor(stats[c]["entropy"]), dist.entropy())
+        torch.testing.assert_close(torch.tensor(stats[c]["concentration"]), beta.sum(-1))
+        torch.testing.assert_close(q.mean()[c], beta / beta.sum(-1, keepdim=True))
+        w = q.sample()
+        torch.testing.assert_close(q.log_prob(w)[c], dist.log_prob(w[c]))
+        prior = torch.distributions.Dirichlet(torch.full_like(beta, 0.5))
+        total_kl += torch.distributions.kl_divergence(dist, prior)
+    reg = q.regulariser(num_data=100)
+    torch.testing.assert_close(reg, 2.0 * total_kl.sum() / 100)
+    reg.backward()
+    assert all(a.grad.abs().sum() > 0 for a in q.alphas.values())
+    assert build_posterior("drnas", ("cell",), 3, 4).regulariser(10).item() == 0.0
+
+
+# --- Gumbel: Concrete and straight-through ---------------------------------------------------------
+
+def test_gumbel_max_frequencies_match_softmax():
+    logits, n = torch.tensor([1.0, 0.0, -0.5, 2.0]), 40_000
+    y = gumbel_softmax_sample(logits.expand(n, 4), tau=0.5)
+    freq = torch.bincount(y.argmax(-1), minlength=4).double() / n
+    p = torch.softmax(logits.double(), 0)
+    assert torch.all((freq - p).abs() < Z * (p * (1 - p) / n).sqrt())
+
+
+def test_concrete_samples_on_simplex_and_near_one_hot_at_low_temperature():
+    logits = torch.randn(1000, 5)
+    for tau in (5.0, 1.0, 0.05):
+        y = gumbel_softmax_sample(logits, tau)
+        assert torch.all(y >= 0) and torch.allclose(y.sum(-1), torch.ones(1000))
+    y_cold, y_hot = gumbel_softmax_sample(logits, 0.01), gumbel_softmax_sample(logits, 10.0)
+    assert y_cold.max(-1).values.median() > 0.999
+    assert y_hot.max(-1).values.median() < 0.5
+
+
+def test_generator_makes_samples_reproducible():
+    logits = torch.randn(3, 4)
+    a = gumbel_softmax_sample(logits, 1.0, torch.Generator().manual_seed(7))
+    b = gumbel_softmax_sample(logits, 1.0, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    for method in METHODS:
+        torch.manual_seed(3)
+        first = build_posterior(method, ("cell",), 6, 5).sample()["cell"]
+        torch.manual_seed(3)
+        assert torch.equal(first, build_posterior(method, ("cell",), 6, 5).sample()["cell"]), method
+
+
+def test_hard_gumbel_is_exactly_one_hot_with_soft_gradients():
+    q = HardGumbel(("normal", "reduce"), 14, 8, tau0=1.0)
+    w = q.sample()
+    for x in w.values():
+        assert torch.all((x == 0.0) | (x == 1.0)) and torch.all((x == 1.0).sum(-1) == 1)
+    cost = torch.randn(8)
+    sum((x * cost).sum() for x in w.values()).backward()
+    assert all(torch.all(a.grad.abs().sum(-1) > 0) for a in q.alphas.values())
+
+
+def test_set_progress_anneals_as_documented():
+    for schedule in ("exp", "linear"):
+        q = Concrete(("cell",), 2, 3, tau0=2.0, tau_min=0.1, schedule=schedule)
+        taus = []
+        for epoch in range(11):
+            q.set_progress(epoch, 11)
+            taus.append(q.tau)
+        assert taus[0] == pytest.approx(2.0) and taus[-1] == pytest.approx(0.1)
+        assert all(a > b for a, b in zip(taus, taus[1:], strict=False))
+        middle = math.sqrt(2.0 * 0.1) if schedule == "exp" else (2.0 + 0.1) / 2
+        assert taus[5] == pytest.approx(middle)
+    with pytest.raises(ValueError, match="epoch"):
+        q.set_progress(5, 3)
+
+
+# --- the shared interface ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("method", METHODS)
+def test_interface_shapes_for_both_spaces(method, space):
+    cell_types, E, n_ops = SPACES[space]
+    q = build_posterior(method, cell_types, E, n_ops)
+    assert sorted(name for name, _ in q.named_parameters()) == sorted(f"alphas.{c}" for c in cell_types)
+    q.set_progress(3, 10)
+    for weights in (q.sample(), q.mean()):
+        assert set(weights) == set(cell_types)
+        for w in weights.values():
+            assert w.shape == (E, n_ops) and torch.all(w >= 0)
+            torch.testing.assert_close(w.sum(-1), torch.ones(E))
+    loss = sum(w.square().sum() for w in q.sample().values()) + q.regulariser(num_data=1000)
+    loss.backward()
+    assert all(a.grad is not None for a in q.alphas.values())
+    stats = q.edge_stats()
+    for c in cell_types:
+        assert torch.tensor(stats[c]["mean"]).shape == (E, n_ops) and len(stats[c]["entropy"]) == E
+        assert (stats[c]["concentration"] is None) == (method in ("darts", "snas", "gdas"))
+
+
+def test_check_finite_names_cell_type_and_edge():
+    q = build_posterior("drnas", ("normal", "reduce"), 14, 8)
+    q.check_finite()
+    with torch.no_grad():
+        q.alphas["reduce"][2, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"'reduce', edge 2\b"):
+        q.check_finite()
+    q = build_posterior("drnas", ("cell",), 6, 5)
+    with torch.no_grad():
+        q.alphas["cell"][4, 0] = -1e4  # elu(-1e4) + 1 == 0: a concentration that is not > 0
+    with pytest.raises(FloatingPointError, match="concentration.*edge 4"):
+        q.check_finite()
+
+
+def test_build_posterior_errors_are_clear():
+    with pytest.raises(ValueError, match="darts") as err:
+        build_posterior("dart", ("cell",), 6, 5)
+    assert all(m in str(err.value) for m in METHODS)
+    with pytest.raises(ValueError, match="tau.*valid options") as err:
+        build_posterior("darts", ("cell",), 6, 5, tau=1.0)
+    with pytest.raises(ValueError, match="regularise") as err:
+        build_posterior("variational", ("cell",), 6, 5, regularise="none")
+    for method, option in (("variational", "c0"), ("drnas", "c0"), ("snas", "tau0"), ("gdas", "tau_min")):
+        for bad in (0.0, -1.0):
+            with pytest.raises(ValueError, match="> 0"):
+                build_posterior(method, ("cell",), 6, 5, **{option: bad})
+    with pytest.raises(ValueError, match="> 0"):
+        gumbel_softmax_sample(torch.zeros(3), tau=0.0)
+    with pytest.raises(ValueError, match="cell_types"):
+        build_posterior("darts", "cell", 6, 5)
+    with pytest.raises(ValueError, match="num_ops"):
+        build_posterior("darts", ("cell",), 6, 1)
+    with pytest.raises(ValueError, match="param"):
+        build_posterior("drnas", ("cell",), 6, 5, param="exp")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_follows_parameter_device(method):
+    q = build_posterior(method, ("cell",), 6, 5, generator=torch.Generator().manual_seed(0)).cuda()
+    w = q.sample()["cell"]
+    assert w.is_cuda
+    (w.sum() + q.regulariser(10)).backward()
+    assert q.edge_stats()["cell"]["mean"]
+
+
+def test_dirichlet_sample_with_bad_concentration_names_the_edge():
+    q = build_posterior("variational", ("normal", "reduce"), 14, 8)
+    with torch.no_grad():
+        q.alphas["normal"][7, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="'normal', edge 7"):
+        q.sample()
