@@ -1,10 +1,111 @@
-"""The command line: ``python -m vnas COMMAND``. Introduced in chapters/00_welcome.py."""
+"""The command line: ``python -m vnas COMMAND``. Every command runs the same code as the chapters.
+
+    python -m vnas search --space darts|nb201 --method M [--config FILE] [--mode M] [--seed N] --out DIR
+    python -m vnas resume DIR
+    python -m vnas derive DIR
+    python -m vnas train --genotype FILE|NAME [--config FILE] --out DIR
+    python -m vnas describe --genotype FILE|NAME [--config FILE]
+    python -m vnas nb201 GENOTYPE
+    python -m vnas book [--out _build]
+
+Introduced in chapters/00_welcome.py.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+
+def _set_mode(args) -> None:
+    # The mode is read from VNAS_MODE by vnas.config only; --mode just sets it for this process.
+    if getattr(args, "mode", None):
+        os.environ["VNAS_MODE"] = args.mode
+    from vnas import config
+
+    config.mode()  # validate early
+
+
+def _search(args) -> int:
+    from vnas import config, search
+
+    _set_mode(args)
+    cfg = search.load_search_config(args.space, Path(args.config) if args.config else None, method=args.method,
+                                    seed=args.seed, epochs=args.epochs)
+    print(config.banner())
+    run = search.start(cfg, Path(args.out), overwrite=args.overwrite)
+    print(f"search: {cfg.method} on {cfg.space}, {cfg.epochs} epochs -> {args.out}")
+    run.fit()
+    print(f"genotype: {run.genotype()}")
+    return 0
+
+
+def _resume(args) -> int:
+    from vnas import runs, search, train
+
+    kind = runs.RunDir(Path(args.dir)).read_json("config.json").get("kind")
+    module = train if kind == "train" else search
+    job = module.resume(Path(args.dir))
+    print(f"resuming {args.dir} after epoch {job.epoch} of {job.cfg.epochs}")
+    job.fit()
+    if kind != "train":
+        print(f"genotype: {job.genotype()}")
+    return 0
+
+
+def _derive(args) -> int:
+    from vnas import runs, spaces
+
+    path = Path(args.dir) / "genotype.json"
+    if not path.is_file():
+        raise runs.RunError(f"{path} does not exist: {args.dir} is not a run folder, or its first epoch has not ended.")
+    print(spaces.load_genotype(str(path)))
+    return 0
+
+
+def _train(args) -> int:
+    from vnas import config, train
+
+    _set_mode(args)
+    cfg = train.load_train_config(args.genotype, Path(args.config) if args.config else None, seed=args.seed,
+                                  epochs=args.epochs)
+    print(config.banner())
+    trainer = train.start(cfg, Path(args.out), overwrite=args.overwrite)
+    print(f"train: {trainer.genotype} for {cfg.epochs} epochs -> {args.out}")
+    trainer.fit()
+    return 0
+
+
+def _describe(args) -> int:
+    from vnas import config, networks, spaces, train
+
+    _set_mode(args)
+    cfg = train.load_train_config(args.genotype, Path(args.config) if args.config else None)
+    genotype = spaces.load_genotype(args.genotype)
+    model = networks.build_network(genotype, num_classes=10, **train.network_kwargs(cfg, genotype))
+    print(f"genotype: {genotype}")
+    depth = "cells" if spaces.space_of(genotype).name == "darts" else "cells per stage"
+    print(f"network: {cfg.layers} {depth}, C={cfg.channels} (mode {config.mode()})")
+    print(f"parameters: {networks.count_parameters(model) / 1e6:.3f} M without the auxiliary head, "
+          f"{networks.count_parameters(model, include_auxiliary=True) / 1e6:.3f} M with it")
+    print(f"multiply-adds: {networks.count_macs(model) / 1e6:.1f} M per 32x32 image")
+    return 0
+
+
+def _nb201(args) -> int:
+    from vnas.spaces import load_genotype, nb201
+
+    genotype = load_genotype(args.genotype)
+    if not isinstance(genotype, nb201.Genotype):
+        raise ValueError(f"{args.genotype!r} is not a NAS-Bench-201 cell; give a string like "
+                         "'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'.")
+    acc = nb201.table_accuracy(genotype)
+    print(f"{genotype}\nNAS-Bench-201 test accuracy (200 epochs, mean over seeds; NATS-Bench table):")
+    for name, value in acc.items():
+        print(f"  {name:11s} {value:6.2f} %")
+    return 0
 
 
 def _book(args) -> int:
@@ -16,8 +117,50 @@ def _book(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from vnas.search import METHODS
+
     p = argparse.ArgumentParser(prog="python -m vnas", description="Bayesian neural architecture search (vnas).")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="search a cell; writes a run folder")
+    s.add_argument("--space", required=True, help="darts | nb201")
+    s.add_argument("--method", required=True, help=" | ".join(METHODS))
+    s.add_argument("--config", help="a TOML file overriding configs/search_<space>.toml")
+    s.add_argument("--mode", help="smoke | quick | full (default: VNAS_MODE, else quick)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--out", required=True, help="the run folder to create")
+    s.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    s.set_defaults(run=_search)
+
+    r = sub.add_parser("resume", help="continue a killed search or training run")
+    r.add_argument("dir")
+    r.set_defaults(run=_resume)
+
+    d = sub.add_parser("derive", help="print a run's genotype")
+    d.add_argument("dir")
+    d.set_defaults(run=_derive)
+
+    t = sub.add_parser("train", help="train a final network from a genotype; writes a run folder")
+    t.add_argument("--genotype", required=True, help="DARTS_V1 | DARTS_V2 | a genotype.json | a genotype string")
+    t.add_argument("--config", help="a TOML file overriding configs/train_<space>.toml")
+    t.add_argument("--mode")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(run=_train)
+
+    x = sub.add_parser("describe", help="parameters and multiply-adds of a genotype's final network")
+    x.add_argument("--genotype", required=True)
+    x.add_argument("--config")
+    x.add_argument("--mode")
+    x.set_defaults(run=_describe)
+
+    n = sub.add_parser("nb201", help="a NAS-Bench-201 cell's accuracies from the shipped table")
+    n.add_argument("genotype")
+    n.set_defaults(run=_nb201)
+
     b = sub.add_parser("book", help="execute every chapter and write notebooks + HTML")
     b.add_argument("--out", default="_build")
     b.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
@@ -27,8 +170,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vnas.book import ChapterError
+    from vnas.runs import RunError
+
     args = parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, RunError, ChapterError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch's checkpoint is kept (python -m vnas resume DIR)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

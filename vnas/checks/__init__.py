@@ -9,4 +9,5 @@ from vnas.checks._common import ExerciseError, passed  # noqa: F401
 from vnas.checks.darts import *  # noqa: F403
 from vnas.checks.data import *  # noqa: F403
 from vnas.checks.elbo import *  # noqa: F403
+from vnas.checks.posterior import *  # noqa: F403
 from vnas.checks.relaxations import *  # noqa: F403

@@ -1,0 +1,275 @@
+"""Operations and search supernets: the mixed op is DARTS Eq. (1), skipped ops really are skipped,
+gradients reach what they should, and the fast paths compute the same function as the plain ones."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vnas import ops, spaces
+from vnas.networks import DartsNetwork, NB201Network
+from vnas.supernet import DartsSupernet, MixedOp, NB201Supernet, build_supernet, channel_shuffle, scaled_bn
+
+DARTS_OPS = spaces.darts.PRIMITIVES
+NB201_OPS = spaces.nb201.PRIMITIVES
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _softmax_weights(net, requires_grad=False):
+    return {k: torch.softmax(torch.randn(*s, dtype=torch.float64), -1).requires_grad_(requires_grad)
+            for k, s in net.shapes.items()}
+
+
+def _count_calls(modules):
+    """Attach call counters to ``modules``; returns (counts, handles)."""
+    counts = [0] * len(modules)
+    handles = []
+    for i, m in enumerate(modules):
+        def hook(*_, i=i):
+            counts[i] += 1
+        handles.append(m.register_forward_hook(hook))
+    return counts, handles
+
+
+# ---- ops -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(set(DARTS_OPS) | set(NB201_OPS)))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_op_maps_C_to_C_and_divides_the_resolution(name, stride):
+    op = ops.OPS[name](6, stride, False)
+    assert op(torch.randn(2, 6, 8, 8)).shape == (2, 6, 8 // stride, 8 // stride)
+
+
+def test_unknown_op_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="Valid operations: .*sep_conv_3x3.*nor_conv_1x1") as err:
+        ops.OPS["sep_conv_7x7"](4, 1, True)
+    assert "sep_conv_3x3" in str(err.value)
+    with pytest.raises(ValueError, match="stride"):
+        ops.make_op("skip_connect", 4, stride=3)
+
+
+def test_factorized_reduce_handles_odd_sizes_like_zero_padding():
+    fr = ops.FactorizedReduce(4, 6).double()
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    r = F.relu(x)
+    pair = fr[0]
+    expected = torch.cat([pair.conv_1(r), pair.conv_2(F.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:])], 1)
+    torch.testing.assert_close(pair(r), expected)
+    assert fr(x).shape == (2, 6, 4, 4)
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 1, 4, 2),
+                                                       (3, 2, 1, 1), (3, 2, 2, 2), (5, 2, 4, 2)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_depthwise_conv_is_conv2d_with_its_gradients(k, stride, padding, dilation, layout):
+    conv = ops.DepthwiseConv2d(3, k, stride, padding, dilation).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    if layout == "channels_last":
+        conv, x = conv.to(memory_format=CL), x.contiguous(memory_format=CL)
+    x.requires_grad_()
+    plain = lambda: F.conv2d(x, conv.weight, None, stride, padding, dilation, 3)  # noqa: E731
+    y = conv(x)
+    torch.testing.assert_close(y, plain())
+    g, v = torch.randn_like(y), torch.randn_like(x)
+    torch.testing.assert_close(torch.autograd.grad(y, (x, conv.weight), g),
+                               torch.autograd.grad(plain(), (x, conv.weight), g))
+
+    def second(fn):  # d/dw <dL/dx, v>: the double backward that exact second-order DARTS needs
+        gx = torch.autograd.grad((fn() * g).sum(), x, create_graph=True)[0]
+        return torch.autograd.grad((gx * v).sum(), conv.weight)[0]
+    torch.testing.assert_close(second(lambda: conv(x)), second(plain))
+
+
+def test_depthwise_conv_works_under_torch_func():
+    conv = ops.DepthwiseConv2d(3, 5, 1, 4, 2).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    params = dict(conv.named_parameters())
+    ours = torch.func.grad(lambda x: torch.func.functional_call(conv, params, (x,)).square().sum())(x)
+    plain = torch.func.grad(lambda x: F.conv2d(x, conv.weight, None, 1, 4, 2, 3).square().sum())(x)
+    torch.testing.assert_close(ours, plain)
+
+
+# ---- the mixed op -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_scaled_bn_is_the_weight_times_bn(layout):
+    bn_a, bn_b = nn.BatchNorm2d(5, affine=False).double(), nn.BatchNorm2d(5, affine=False).double()
+    z = torch.randn(3, 5, 4, 4, dtype=torch.float64)
+    g = torch.randn(3, 5, 4, 4, dtype=torch.float64)
+    if layout == "channels_last":  # torch's CL BN backward misreads an expanded (stride-0) scale
+        z, g = z.contiguous(memory_format=CL), g.contiguous(memory_format=CL)
+    z.requires_grad_()
+    w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    a, b = scaled_bn(bn_a, z, w), w * bn_b(z)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a, (z, w), g), torch.autograd.grad(b, (z, w), g))
+    torch.testing.assert_close(bn_a.running_var, bn_b.running_var)
+    assert bn_a.num_batches_tracked == bn_b.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("primitives,pool_bn,stride", [(DARTS_OPS, True, 1), (DARTS_OPS, True, 2),
+                                                       (NB201_OPS, False, 1)])
+def test_mixed_op_is_the_weighted_sum_of_its_ops(primitives, pool_bn, stride):
+    m = MixedOp(4, stride, primitives, pool_bn=pool_bn).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    w = torch.softmax(torch.randn(len(primitives), dtype=torch.float64), 0)
+    expected = sum(w[o] * op(x) for o, op in enumerate(m.ops))
+    torch.testing.assert_close(m(x, w), expected)
+
+
+def test_one_hot_weights_give_exactly_one_op_and_run_only_it():
+    m = MixedOp(4, 1, DARTS_OPS).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    leaves = [[mod for mod in op.modules() if not list(mod.children())] for op in m.ops]
+    flat = [mod for group in leaves for mod in group]
+    for o, name in enumerate(DARTS_OPS):
+        w = torch.zeros(len(DARTS_OPS), dtype=torch.float64)
+        w[o] = 1.0
+        counts, handles = _count_calls(flat)
+        out = m(x, w)
+        for h in handles:
+            h.remove()
+        ran = {id(mod) for mod, n in zip(flat, counts, strict=True) if n}
+        assert ran <= {id(mod) for mod in leaves[o]}, f"{name}: another op ran"
+        assert bool(ran) == (name != "none"), f"{name}: ran={bool(ran)}"
+        if name == "none":
+            assert torch.count_nonzero(out) == 0
+        else:
+            torch.testing.assert_close(out, m.ops[o](x), rtol=1e-12, atol=1e-12)
+
+
+def test_zero_weights_are_skipped_but_straight_through_gradients_flow():
+    m = MixedOp(4, 1, DARTS_OPS).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    soft = torch.softmax(torch.randn(len(DARTS_OPS), dtype=torch.float64), 0).requires_grad_()
+    pick = DARTS_OPS.index("sep_conv_3x3")
+    hard = torch.zeros_like(soft)
+    hard[pick] = 1.0
+    w = hard - soft.detach() + soft  # GDAS: one-hot value, softmax gradient
+    convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    counts, handles = _count_calls(convs)
+    out = m(x, w)
+    for h in handles:
+        h.remove()
+    assert sum(counts) == 4  # sep_conv_3x3: two depthwise + two pointwise convs, nothing else
+    out.square().sum().backward()
+    assert soft.grad[pick] != 0
+    assert all(p.grad is not None for p in m.ops[pick].parameters())
+    assert all(p.grad is None for o, op in enumerate(m.ops) if o != pick for p in op.parameters())
+
+
+def test_partial_channels_mix_a_slice_and_shuffle():
+    m = MixedOp(8, 1, NB201_OPS, pool_bn=False, partial_channels=4).double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    w = torch.softmax(torch.randn(len(NB201_OPS), dtype=torch.float64), 0)
+    mixed = sum(w[o] * op(x[:, :2]) for o, op in enumerate(m.ops))
+    torch.testing.assert_close(m(x, w), channel_shuffle(torch.cat([mixed, x[:, 2:]], 1), 4))
+    shuffled = channel_shuffle(torch.arange(8.0).view(1, 8, 1, 1), 4)
+    assert shuffled.flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    reduce = MixedOp(8, 2, DARTS_OPS, partial_channels=2)
+    assert reduce(torch.randn(2, 8, 6, 6), torch.full((8,), 1 / 8)).shape == (2, 8, 3, 3)
+    with pytest.raises(ValueError, match="divide"):
+        MixedOp(6, 1, DARTS_OPS, partial_channels=4)
+
+
+# ---- supernets -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("space,kw", [("darts", dict(C=4, layers=3)),
+                                      ("darts", dict(C=4, layers=3, partial_channels=2)),
+                                      ("nb201", dict(C=4, N=1)),
+                                      ("nb201", dict(C=4, N=1, partial_channels=2))],
+                         ids=["darts", "darts-pc", "nb201", "nb201-pc"])
+def test_supernet_shapes_and_gradients(space, kw):
+    net = build_supernet(space, num_classes=7, **kw).double()
+    w = _softmax_weights(net, requires_grad=True)
+    logits = net(torch.randn(2, 3, 16, 16, dtype=torch.float64), w)
+    assert logits.shape == (2, 7)
+    logits.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters() if p.dim() > 1)
+    names = spaces.get_space(space).ops
+    for v in w.values():
+        assert torch.all(v.grad[:, names.index("none")] == 0)  # `none` adds exactly 0
+        others = [i for i, n in enumerate(names) if n != "none"]
+        assert torch.all(v.grad[:, others] != 0)
+    assert not any("alpha" in n for n, _ in net.named_parameters())
+    if kw.get("partial_channels"):  # the first cell's edges: C=4 channels, 4/2 of them through the ops
+        first = next(m for m in net.modules() if isinstance(m, MixedOp))
+        convs = [m for m in first.modules() if isinstance(m, nn.Conv2d)]
+        assert first.C_op == 2 and convs and all(c.in_channels == 2 for c in convs)
+
+
+def test_supernet_matches_the_plain_darts_reference():
+    """Same function as benchmarks/reference_darts.py (the original model_search.py structure)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import supernet as bench
+    finally:
+        sys.path.pop(0)
+    for space, kw in (("darts", dict(C=4, layers=3)), ("nb201", dict(C=4, N=1))):
+        assert bench.check_same_function(space, kw, 8) < 1e-10
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_darts_supernet_channels_last_is_the_same_function(layout):
+    net = DartsSupernet(C=4, layers=3).double()
+    w = _softmax_weights(net)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    a = net(x, w)
+    if layout == "channels_last":
+        net = net.to(memory_format=CL)
+    torch.testing.assert_close(net(x, w), a)
+
+
+def test_wrong_weights_raise_clear_errors():
+    net = DartsSupernet(C=4, layers=3)
+    x = torch.randn(1, 3, 8, 8)
+    good = {"normal": torch.full((14, 8), 1 / 8), "reduce": torch.full((14, 8), 1 / 8)}
+    with pytest.raises(ValueError, match=r"expected \(14, 8\)"):
+        net(x, {**good, "reduce": torch.full((14, 5), 0.2)})
+    with pytest.raises(ValueError, match="'normal': Tensor"):
+        net(x, {"normal": good["normal"]})
+    with pytest.raises(ValueError, match="mixing weights"):
+        net(x, good["normal"])
+    with pytest.raises(ValueError, match=r"expected \(6, 5\)"):
+        NB201Supernet(C=4, N=1)(x, {"cell": torch.full((5, 6), 0.2)})
+    with pytest.raises(ValueError, match=r"expected \(8,\)"):
+        MixedOp(4, 1, DARTS_OPS)(torch.randn(1, 4, 4, 4), torch.ones(5))
+    with pytest.raises(ValueError, match="darts, nb201"):
+        build_supernet("enas")
+
+
+def _conv_calls(model, *args):
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    counts, handles = _count_calls(convs)
+    model(*args)
+    for h in handles:
+        h.remove()
+    return sum(counts)
+
+
+def test_one_hot_genotype_runs_what_the_final_network_runs():
+    x = torch.randn(2, 3, 16, 16)
+    for genotype in (spaces.darts.DARTS_V2, spaces.darts.DARTS_V1):
+        supernet = DartsSupernet(C=4, layers=5)
+        final = DartsNetwork(genotype, C=4, layers=5, auxiliary=False)
+        assert _conv_calls(supernet, x, spaces.darts.one_hot(genotype)) == _conv_calls(final, x)
+    genotype = spaces.nb201.Genotype.from_ops(["nor_conv_3x3", "none", "skip_connect",
+                                               "nor_conv_1x1", "avg_pool_3x3", "nor_conv_3x3"])
+    supernet, final = NB201Supernet(C=4, N=2), NB201Network(genotype, C=4, N=2)
+    assert _conv_calls(supernet, x, spaces.nb201.one_hot(genotype)) == _conv_calls(final, x)
+
+
+def test_a_node_with_only_none_is_zero():
+    net = NB201Supernet(C=4, N=1).double()
+    w = torch.zeros(6, 5, dtype=torch.float64)
+    w[:, 0] = 1.0  # every edge `none`: every cell outputs zeros, the network still runs
+    out = net(torch.randn(2, 3, 8, 8, dtype=torch.float64), {"cell": w})
+    assert out.shape == (2, 10) and torch.isfinite(out).all()

@@ -1,0 +1,164 @@
+"""A run folder: resolved config, manifest, history.jsonl, genotype.json and an atomic checkpoint.
+
+Shared by searches (vnas.search) and final trainings (vnas.train), so that both resume the same way and
+nothing already saved is ever overwritten by a failing run.
+Introduced in chapters/02_darts.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vnas import config
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be created, resumed or read; the message says what to do."""
+
+
+def git_commit() -> str:
+    """The commit of the vnas checkout (with '+dirty' for uncommitted changes), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def manifest(kind: str, cfg: dict, run_mode: str) -> dict:
+    """Who made this run, how and where (DESIGN section 5)."""
+    return {
+        "kind": kind,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": cfg,
+        "git_commit": git_commit(),
+        "mode": run_mode,
+        "hardware": config.hardware(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename: a kill never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class RunDir:
+    """The files of one run. ``RunDir.create`` refuses a folder that already holds a run."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: Path, kind: str, cfg: dict, run_mode: str, overwrite: bool = False) -> RunDir:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path} is a file; give a folder for the run.")
+        if path.is_dir() and any(path.iterdir()):
+            if not (path / "config.json").exists() and not (path / CHECKPOINT).exists():
+                raise RunError(f"--out {path} is a non-empty folder that is not a vnas run; choose a new folder.")
+            if not overwrite:
+                raise RunError(f"--out {path} already holds a run. Continue it with `python -m vnas resume {path}`, "
+                               "choose another folder, or pass --overwrite to start it again.")
+            for name in ("history.jsonl", "genotype.json", CHECKPOINT, "manifest.json", "config.json"):
+                (path / name).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        run.write_json("config.json", {"kind": kind, "mode": run_mode, **cfg})
+        run.write_json("manifest.json", manifest(kind, cfg, run_mode))
+        return run
+
+    # --- plain files ---
+    def write_json(self, name: str, obj) -> None:
+        _atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+    def read_json(self, name: str) -> dict:
+        path = self.path / name
+        if not path.is_file():
+            raise RunError(f"{path} is missing: {self.path} is not a complete vnas run folder.")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise RunError(f"{path} is not valid JSON ({err}); the run folder is damaged.") from err
+
+    def history(self) -> list[dict]:
+        path = self.path / "history.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_history(self, rows: list[dict]) -> None:
+        """Rewrite the history (atomically) so that it always matches the checkpoint's epoch."""
+        _atomic_write(self.path / "history.jsonl",
+                      lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+    def update_manifest(self, **fields) -> None:
+        self.write_json("manifest.json", {**self.read_json("manifest.json"), **fields})
+
+    # --- checkpoint ---
+    def save_checkpoint(self, state: dict) -> None:
+        _atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self, map_location="cpu") -> dict:
+        path = self.path / CHECKPOINT
+        if not self.path.is_dir():
+            raise RunError(f"{self.path} is not a folder; give the --out folder of a run.")
+        if not path.is_file():
+            raise RunError(f"{self.path} has no {CHECKPOINT}: the run stopped before its first epoch ended. "
+                           "Start it again with --overwrite.")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:  # torch raises many kinds for a damaged file
+            raise RunError(f"{path} is corrupt or unreadable ({type(err).__name__}: {err}). It was left untouched; "
+                           "start a new run in another folder.") from err
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise RunError(f"{path} is not a vnas checkpoint (no 'epoch'); it was left untouched.")
+        return state
+
+
+def rng_state() -> dict:
+    """Every random number generator that a run draws from, so a resumed run repeats exactly."""
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
