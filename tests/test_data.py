@@ -132,3 +132,29 @@ def test_batches_repeat_with_seed_and_epoch():
     std = torch.tensor(data.STD).view(1, 3, 1, 1)
     raw = torch.as_tensor(d.x_test[:64]).permute(0, 3, 1, 2).float() / 255
     assert torch.allclose(xt, (raw - mean) / std, atol=1e-5)
+
+
+def test_download_only_when_allowed(tmp_path, monkeypatch):
+    """With no local copy, quick mode falls back to the tiny subset unless a download is allowed."""
+    monkeypatch.setenv("VNAS_MODE", "quick")
+    monkeypatch.setattr(data.config, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(data, "TINY", data.TINY)  # the bundled subset stays where it is
+    calls = []
+
+    def fake_download(root):
+        calls.append(root)
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        import pickle
+
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            with open(folder / name, "wb") as f:
+                pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, f)
+        return folder
+
+    monkeypatch.setattr(data, "_download", fake_download)
+    assert "tiny" in data.load_cifar10().source and not calls
+    monkeypatch.setenv("VNAS_DOWNLOAD", "1")
+    d = data.load_cifar10()
+    assert calls == [tmp_path] and "torchvision download" in d.source and len(d.x_train) == 10
+    assert "cifar-10-batches-py" in data.load_cifar10().source  # the next call finds the downloaded copy

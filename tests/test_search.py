@@ -67,6 +67,7 @@ def test_architecture_warm_up_keeps_alpha_fixed(tiny_data):
     (dict(posterior={"tau0": -1.0}, method="snas"), "> 0"),
     (dict(posterior={"c0": 1.0}, method="random_ws"), "no distribution options"),
     (dict(channels=0), "channels=0"),
+    (dict(method="random_ws", order="second"), "no architecture step"),
 ])
 def test_bad_search_configs(bad, message, tiny_data):
     with pytest.raises(ValueError, match=message):

@@ -148,7 +148,8 @@ def load_cifar10(download: bool | None = None, tiny: bool | None = None) -> Cifa
     candidates = [] if tiny else [config.DATA_DIR / "cifar10.npz", config.DATA_DIR / "cifar-10-batches-py"]
     for path in candidates:
         if path.exists():
-            return Cifar10(**read_path(path), source=str(path.relative_to(config.ROOT)))
+            where = path.relative_to(config.ROOT) if path.is_relative_to(config.ROOT) else path
+            return Cifar10(**read_path(path), source=str(where))
     if download and not tiny:
         return Cifar10(**read_batches(_download(config.DATA_DIR)), source="torchvision download (data/)")
     if not TINY.is_file():

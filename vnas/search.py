@@ -86,6 +86,9 @@ class SearchConfig:
             raise ValueError("epochs, steps_per_epoch and images_per_class must be >= 0.")
         if self.method in BASELINES and self.posterior:
             raise ValueError(f"Method {self.method!r} has no distribution options; remove `posterior`.")
+        if self.method in BASELINES and self.order != "first":
+            raise ValueError(f"Method {self.method!r} has no architecture step, so order={self.order!r} does not "
+                             "apply; leave order at 'first'.")
 
 
 def load_search_config(space: str = "darts", file: Path | None = None, run_mode: str | None = None,
