@@ -40,3 +40,46 @@ def test_error_inside_widget_callback_is_caught():
     nb.metadata["widgets"][book.WIDGET_STATE]["state"]["abc"]["state"]["outputs"] = [
         {"output_type": "stream", "name": "stdout", "text": "fine"}]
     book.check_outputs(nb, "demo.py")
+
+
+def test_strip_solutions_keeps_the_rest():
+    text = "a = 1\n\ndef f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n\ncheck(f)\n"
+    stripped = book.strip_solutions(text)
+    assert "return 2 * x" not in stripped and "    raise NotImplementedError\n" in stripped
+    assert stripped.startswith("a = 1\n") and stripped.endswith("check(f)\n")
+    with pytest.raises(ValueError, match="never closed"):
+        book.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+    with pytest.raises(ValueError, match="without a"):
+        book.strip_solutions("x = 1\n### END SOLUTION\n")
+
+
+def test_every_chapter_exercise_is_checked_when_stripped(tmp_path):
+    """Each stripped chapter still parses, and each stub makes its checker say 'not written yet'."""
+    import ast
+    import math
+
+    import numpy as np
+    import torch
+
+    import vnas.checks
+    import vnas.posteriors
+    import vnas.spaces
+
+    for path in book.chapters():
+        stripped = book.strip_solutions(path.read_text())
+        ast.parse(stripped)
+        if book.SOLUTION_BEGIN not in path.read_text():
+            continue
+        tree = ast.parse(stripped)
+        stubs = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+                 and any(isinstance(s, ast.Raise) for s in n.body)]
+        assert stubs, f"{path.name}: solutions but no stub functions after stripping"
+        for stub in stubs:
+            namespace = {"np": np, "torch": torch, "math": math, "spaces": vnas.spaces, "posteriors": vnas.posteriors}
+            exec(compile(ast.Module([stub], []), path.name, "exec"), namespace)
+            checks = [c.func.attr for c in ast.walk(tree) if isinstance(c, ast.Call)
+                      and isinstance(c.func, ast.Attribute) and c.func.attr.startswith("check_")
+                      and any(isinstance(a, ast.Name) and a.id == stub.name for a in c.args)]
+            assert checks, f"{path.name}: exercise {stub.name} has no vnas.checks call"
+            with pytest.raises(vnas.checks.ExerciseError, match="not written yet"):
+                getattr(vnas.checks, checks[0])(namespace[stub.name])

@@ -83,3 +83,16 @@ def test_architect_moves_only_the_architecture(tiny):
     assert all(p.grad is None for p in net.parameters())
     with pytest.raises(ValueError, match="'first' or 'second'"):
         objectives.Architect(net, post, num_data=1, order="third")
+
+
+def test_a_cell_switched_off_gets_zero_architecture_gradient():
+    """A hard sample with 'none' on every edge into the output node leaves the cell's weights unused."""
+    torch.manual_seed(0)
+    net = build_supernet("nb201", C=4, N=1, num_classes=3)
+    ops = spaces.nb201.PRIMITIVES
+    cell = ["nor_conv_3x3", "nor_conv_3x3", "skip_connect", "none", "none", "none"]
+    mix = {"cell": torch.stack([torch.nn.functional.one_hot(torch.tensor(ops.index(o)), 5).float() for o in cell])}
+    batch = (torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
+    for grads in (objectives.first_order_gradient(net, mix, batch)[0],
+                  objectives.second_order_gradient(net, mix, batch, batch, xi=0.01)[0]):
+        assert torch.equal(grads["cell"], torch.zeros(6, 5))

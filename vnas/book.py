@@ -163,3 +163,47 @@ def build(out: Path, timeout: int = 3600, only: list[str] | None = None) -> list
         "Smoke-mode pages only show that the code runs; their numbers are not results.</p>"
         f"<ol>{items}</ol>")
     return runs
+
+
+SOLUTION_BEGIN, SOLUTION_END = "### BEGIN SOLUTION", "### END SOLUTION"
+
+
+def strip_solutions(text: str) -> str:
+    """A chapter's text with every solution block replaced by ``raise NotImplementedError`` at the same
+    indentation: the assignment a teacher hands out (the checks then say "not written yet").
+
+    Introduced in chapters/00_welcome.py.
+    """
+    out, inside = [], False
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        marker = line.strip()
+        if marker == SOLUTION_BEGIN:
+            if inside:
+                raise ValueError(f"line {number}: {SOLUTION_BEGIN} inside another solution block.")
+            inside = True
+            indent = line[:len(line) - len(line.lstrip())]
+            out.append(f"{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError\n")
+        elif marker == SOLUTION_END:
+            if not inside:
+                raise ValueError(f"line {number}: {SOLUTION_END} without a {SOLUTION_BEGIN}.")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"{SOLUTION_BEGIN} is never closed by {SOLUTION_END}.")
+    return "".join(out)
+
+
+def write_assignments(out: Path) -> list[Path]:
+    """Every chapter with its solutions stripped, as ``.py`` (jupytext) and ``.ipynb``, into ``out``."""
+    import jupytext
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in chapters():
+        text = strip_solutions(path.read_text())
+        (out / path.name).write_text(text)
+        jupytext.write(jupytext.reads(text, fmt="py:percent"), out / f"{path.stem}.ipynb")
+        written.append(out / path.name)
+    return written

@@ -7,6 +7,7 @@
     python -m vnas describe --genotype FILE|NAME [--config FILE]
     python -m vnas nb201 GENOTYPE
     python -m vnas book [--out _build]
+    python -m vnas assignments [--out _build/assignments]
 
 Introduced in chapters/00_welcome.py.
 """
@@ -116,6 +117,14 @@ def _book(args) -> int:
     return 0
 
 
+def _assignments(args) -> int:
+    from vnas import book
+
+    for path in book.write_assignments(Path(args.out)):
+        print(f"[assignments] {path} (+ .ipynb)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from vnas.search import METHODS
 
@@ -166,6 +175,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
     b.add_argument("--only", nargs="*", help="only chapters whose file name contains one of these")
     b.set_defaults(run=_book)
+
+    a = sub.add_parser("assignments", help="the chapters with their solutions stripped, for a class")
+    a.add_argument("--out", default="_build/assignments")
+    a.set_defaults(run=_assignments)
     return p
 
 

@@ -25,6 +25,13 @@ def _leaves(mix: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().requires_grad_() for k, v in mix.items()}
 
 
+def _grad(loss: Tensor, inputs: list[Tensor]) -> list[Tensor]:
+    """d loss / d inputs, with zeros for an input the loss does not use: a hard sample can switch a whole
+    cell off (e.g. 'none' on every edge into its output node), and then its mixing weights get no gradient."""
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+
+
 def first_order_gradient(supernet, mix, val_batch) -> tuple[dict[str, Tensor], Tensor]:
     """dL_val(w, m)/dm with the weights held fixed (DARTS first order, xi = 0).
 
@@ -32,8 +39,7 @@ def first_order_gradient(supernet, mix, val_batch) -> tuple[dict[str, Tensor], T
     """
     m = _leaves(mix)
     loss = loss_on(supernet, m, val_batch)
-    grads = torch.autograd.grad(loss, list(m.values()))
-    return dict(zip(m, grads, strict=True)), loss.detach()
+    return dict(zip(m, _grad(loss, list(m.values())), strict=True)), loss.detach()
 
 
 def second_order_gradient(supernet, mix, train_batch, val_batch, xi: float,
@@ -57,16 +63,16 @@ def second_order_gradient(supernet, mix, train_batch, val_batch, xi: float,
                 p.copy_(v)
 
     try:
-        g_train = torch.autograd.grad(loss_on(supernet, m, train_batch), params)
+        g_train = _grad(loss_on(supernet, m, train_batch), params)
         set_weights([wi - xi * gi for wi, gi in zip(w, g_train, strict=True)])  # the virtual step w'
         loss = loss_on(supernet, m, val_batch)
-        grads = torch.autograd.grad(loss, list(m.values()) + params)
+        grads = _grad(loss, list(m.values()) + params)
         dm, v = grads[:len(m)], grads[len(m):]
-        eps = fd_scale / torch.sqrt(sum((vi * vi).sum() for vi in v))
+        eps = fd_scale / torch.sqrt(sum((vi * vi).sum() for vi in v)).clamp_min(1e-12)
         hvp_parts = []
         for sign in (1.0, -1.0):
             set_weights([wi + sign * eps * vi for wi, vi in zip(w, v, strict=True)])
-            hvp_parts.append(torch.autograd.grad(loss_on(supernet, m, train_batch), list(m.values())))
+            hvp_parts.append(_grad(loss_on(supernet, m, train_batch), list(m.values())))
         hvp = [(gp - gn) / (2 * eps) for gp, gn in zip(*hvp_parts, strict=True)]
     finally:
         set_weights(w)

@@ -162,3 +162,62 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinite loss or architecture parameter; the last good checkpoint is kept."""
+
+
+class EpochLoop:
+    """What a search and a final training share: epochs, a history, an optional run folder written after
+    every epoch (checkpoint first, then history), bf16 autocast on CUDA, and ``fit()``.
+
+    Subclasses set ``cfg`` (with ``epochs`` and ``amp``), ``device``, ``run``, ``progress``, ``epoch``,
+    ``history`` and define ``train_epoch``, ``steps_per_epoch``, ``state_dict``, ``summary`` and ``final``.
+    Introduced in chapters/02_darts.py.
+    """
+
+    def _autocast(self):
+        enabled = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _kept(self) -> str:
+        where = (f"The last good checkpoint (epoch {self.epoch}) is kept in {self.run.path}; "
+                 if self.run is not None and self.epoch else "Nothing was saved; ")
+        return where + "lower the learning rates or check the data, then resume or start again."
+
+    def _non_finite(self, what: str, value: float, step: int) -> NonFiniteError:
+        return NonFiniteError(f"The {what} loss became {value} at epoch {self.epoch + 1}, step {step}. " + self._kept())
+
+    def target_epochs(self) -> int:
+        return self.cfg.epochs
+
+    def fit(self, epochs: int | None = None, log=print) -> list[dict]:
+        """Train until ``cfg.epochs`` (or ``epochs`` more), saving the run folder after every epoch."""
+        target = self.target_epochs() if epochs is None else self.epoch + epochs
+        bar = None
+        if self.progress and target > self.epoch:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=(target - self.epoch) * self.steps_per_epoch(), desc=self.description(), leave=False)
+        try:
+            while self.epoch < target:
+                row = self.train_epoch(on_step=bar.update if bar else None)
+                self.save_epoch()
+                if log:
+                    log(self.summary(row))
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.run is not None:
+            self.run.update_manifest(finished=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                                     epochs_done=self.epoch, wall_seconds=sum(r["seconds"] for r in self.history),
+                                     **self.final())
+        return self.history
+
+    def save_epoch(self) -> None:
+        """Checkpoint, then history: a kill between the two leaves a checkpoint whose own copy of the history
+        is the truth (resume rewrites history.jsonl from it)."""
+        if self.run is not None:
+            self.run.save_checkpoint(self.state_dict())
+            self.run.write_history(self.history)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from vnas import config, data, posteriors, runs, spaces
 from vnas.objectives import Architect
+from vnas.runs import NonFiniteError
 from vnas.supernet import build_supernet
 
 BASELINES = ("random_ws", "random")
@@ -32,10 +33,6 @@ METHODS = (*posteriors.METHODS, *BASELINES)
 # Which spaces each method is defined for. Every method here works on both cell spaces; a method that
 # needs a space's structure (e.g. a progressive, DARTS-only schedule) would list only that space.
 METHOD_SPACES = {m: ("darts", "nb201") for m in METHODS}
-
-
-class NonFiniteError(FloatingPointError):
-    """A NaN or infinite loss or architecture parameter; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -116,7 +113,7 @@ class UniformCells(torch.nn.Module):
         return self.space.one_hot(self.best) if self.best is not None else self.sample()
 
 
-class Search:
+class Search(runs.EpochLoop):
     """A search in memory (``run=None``, as in the chapters) or backed by a run folder (the CLI).
 
     Introduced in chapters/02_darts.py.
@@ -166,28 +163,15 @@ class Search:
         self.val_batches = data.Batches(d.x_train[self.val_idx], d.y_train[self.val_idx], seed=cfg.seed + 1, **batch)
 
     # --- one epoch ---
-    def _autocast(self):
-        enabled = self.cfg.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def steps_per_epoch(self) -> int:
         n = min(len(self.train_batches), len(self.val_batches))
         return min(n, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else n
 
     def _check(self, loss: torch.Tensor, what: str, step: int) -> None:
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"The {what} loss became {loss.item()} at epoch {self.epoch + 1}, step {step}. "
-                                 + self._kept())
+            raise self._non_finite(what, loss.item(), step)
         if self.architect is not None:
-            try:
-                self.posterior.check_finite()
-            except FloatingPointError as err:
-                raise NonFiniteError(f"{err} (epoch {self.epoch + 1}, step {step}). " + self._kept()) from err
-
-    def _kept(self) -> str:
-        where = (f"The last good checkpoint (epoch {self.epoch}) is kept in {self.run.path}; "
-                 if self.run is not None and self.epoch else "Nothing was saved; ")
-        return where + "lower the learning rates (lr, arch_lr) or check the data, then resume or start again."
+            self.posterior.check_finite()  # a FloatingPointError naming the edge; train_epoch adds where and what
 
     def _step(self, train_batch, val_batch, lr: float, update_arch: bool, step: int):
         """One architecture step (if due) and one weight step.
@@ -325,29 +309,12 @@ class Search:
         self.epoch, self.history = state["epoch"], list(state["history"])
         runs.set_rng_state(state["rng"])
 
-    # --- the whole search ---
-    def fit(self, epochs: int | None = None, log=print) -> list[dict]:
-        """Run until ``cfg.epochs`` (or ``epochs`` more), saving the run folder after every epoch."""
-        target = self.cfg.epochs if epochs is None else self.epoch + epochs
-        if self.cfg.method == "random":
-            target = self.epoch  # no training: the cell is drawn, not searched
-        bar = None
-        if self.progress and target > self.epoch:
-            from tqdm.auto import tqdm
+    # --- the whole search (EpochLoop.fit) ---
+    def target_epochs(self) -> int:
+        return self.epoch if self.cfg.method == "random" else self.cfg.epochs  # random: drawn, not searched
 
-            bar = tqdm(total=(target - self.epoch) * self.steps_per_epoch(),
-                       desc=f"{self.cfg.method} on {self.cfg.space}", leave=False)
-        try:
-            while self.epoch < target:
-                row = self.train_epoch(on_step=bar.update if bar else None)
-                self._save()
-                if log:
-                    log(self.summary(row))
-        finally:
-            if bar is not None:
-                bar.close()
-        self._save(final=True)
-        return self.history
+    def description(self) -> str:
+        return f"{self.cfg.method} on {self.cfg.space}"
 
     @staticmethod
     def summary(row: dict) -> str:
@@ -356,20 +323,13 @@ class Search:
                 f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | {row['seconds']:.1f}s{extra}\n"
                 f"           {row['genotype']}")
 
-    def _save(self, final: bool = False) -> None:
-        if self.run is None:
-            return
-        if not final:
-            # checkpoint first, then history: a kill between them leaves a checkpoint whose history is
-            # authoritative (resume rewrites history.jsonl from the checkpoint)
-            self.run.save_checkpoint(self.state_dict())
-            self.run.write_history(self.history)
-        genotype = self.genotype()
-        self.run.write_json("genotype.json", genotype.to_json())
-        if final:
-            self.run.update_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs_done=self.epoch,
-                                     wall_seconds=sum(r["seconds"] for r in self.history),
-                                     genotype=str(genotype))
+    def save_epoch(self) -> None:
+        super().save_epoch()
+        if self.run is not None:
+            self.run.write_json("genotype.json", self.genotype().to_json())
+
+    def final(self) -> dict:
+        return {"genotype": str(self.genotype())}
 
 
 # --- run folders ---
@@ -379,7 +339,7 @@ def start(cfg: SearchConfig, out: Path, overwrite: bool = False, run_mode: str |
     run = runs.RunDir.create(out, "search", config.config_dict(cfg), run_mode or config.mode(), overwrite=overwrite)
     search = Search(cfg, run=run, **kw)
     if cfg.method == "random":
-        search._save()
+        search.save_epoch()
     return search
 
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from vnas import config, data, runs, spaces
 from vnas.networks import build_network
-from vnas.search import NonFiniteError
 
 
 @dataclass
@@ -68,7 +67,7 @@ def network_kwargs(cfg: TrainConfig, genotype) -> dict:
     return dict(C=cfg.channels, N=cfg.layers)
 
 
-class Trainer:
+class Trainer(runs.EpochLoop):
     """Train and evaluate one final network; in memory (``run=None``) or backed by a run folder.
 
     Introduced in chapters/02_darts.py.
@@ -100,10 +99,6 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
 
-    def _autocast(self):
-        enabled = self.cfg.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def steps_per_epoch(self) -> int:
         n = len(self.train_batches)
         return min(n, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else n
@@ -127,10 +122,7 @@ class Trainer:
                 if logits_aux is not None:
                     loss = loss + cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
             if not torch.isfinite(loss):
-                kept = (f"The last good checkpoint (epoch {self.epoch}) is kept in {self.run.path}."
-                        if self.run is not None and self.epoch else "Nothing was saved.")
-                raise NonFiniteError(f"The training loss became {loss.item()} at epoch {self.epoch + 1}, step {step}. "
-                                     f"{kept} Lower lr or check the data.")
+                raise self._non_finite("training", loss.item(), step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -177,30 +169,16 @@ class Trainer:
         self.epoch, self.history = state["epoch"], list(state["history"])
         runs.set_rng_state(state["rng"])
 
-    def fit(self, epochs: int | None = None, log=print) -> list[dict]:
-        target = self.cfg.epochs if epochs is None else self.epoch + epochs
-        bar = None
-        if self.progress and target > self.epoch:
-            from tqdm.auto import tqdm
+    def description(self) -> str:
+        return f"train {self.genotype}"[:60]
 
-            bar = tqdm(total=(target - self.epoch) * self.steps_per_epoch(), desc="train", leave=False)
-        try:
-            while self.epoch < target:
-                row = self.train_epoch(on_step=bar.update if bar else None)
-                if self.run is not None:
-                    self.run.save_checkpoint(self.state_dict())
-                    self.run.write_history(self.history)
-                if log:
-                    log(f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
-                        f"test loss {row['test_loss']:.3f} acc {row['test_acc']:.3f} | {row['seconds']:.1f}s")
-        finally:
-            if bar is not None:
-                bar.close()
-        if self.run is not None:
-            self.run.update_manifest(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs_done=self.epoch,
-                                     wall_seconds=sum(r["seconds"] for r in self.history),
-                                     test_acc=self.history[-1]["test_acc"] if self.history else None)
-        return self.history
+    @staticmethod
+    def summary(row: dict) -> str:
+        return (f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
+                f"test loss {row['test_loss']:.3f} acc {row['test_acc']:.3f} | {row['seconds']:.1f}s")
+
+    def final(self) -> dict:
+        return {"test_acc": self.history[-1]["test_acc"] if self.history else None}
 
 
 def start(cfg: TrainConfig, out: Path, overwrite: bool = False, run_mode: str | None = None, **kw) -> Trainer:

@@ -40,39 +40,51 @@ def _cell_edges(genotype, cell_type: str):
     return edges, ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3", "c_{k}"]
 
 
+def _layout(genotype):
+    """Node positions: inputs on the left, the other nodes in a row, the output on the right."""
+    if isinstance(genotype, spaces.nb201.Genotype):
+        return {i: (2.0 * i, 0.0) for i in range(4)}
+    pos = {0: (0.0, 2.2), 1: (0.0, -2.2), 6: (13.0, 0.0)}
+    pos.update({k: (2.6 * (k - 1), 1.0 if k % 2 == 0 else -1.0) for k in range(2, 6)})
+    return pos
+
+
 def plot_cell(genotype, cell_type: str = "normal", ax=None):
-    """A cell drawn as a DAG with matplotlib (no graphviz): nodes left to right, edges labelled by op.
+    """A cell drawn as a DAG with matplotlib (no graphviz): nodes left to right, edges coloured and
+    labelled by their op; long edges arc above or below the row of nodes.
 
     Introduced in chapters/02_darts.py.
     """
-    ax = _axes(ax, (7, 3.2))
+    ax = _axes(ax, (8, 3.2))
     edges, labels = _cell_edges(genotype, cell_type)
-    n = len(labels)
-    if isinstance(genotype, spaces.nb201.Genotype):
-        pos = {i: (i, 0.0) for i in range(n)}
-        title = "NB201 cell"
-    else:
-        pos = {0: (0, 0.6), 1: (0, -0.6), 6: (5, 0.0)}
-        pos.update({k: (k - 1, 0.9 * (-1) ** k) for k in range(2, 6)})
-        title = f"{cell_type} cell"
-    for k, (src, dst, op) in enumerate(edges):
+    pos = _layout(genotype)
+    for src, dst, op in edges:
         (x0, y0), (x1, y1) = pos[src], pos[dst]
-        bend = 0.25 * ((k % 3) - 1) if abs(dst - src) > 1 else 0.0
+        dx, dy = x1 - x0, y1 - y0
+        long_in_row = y0 == y1 and abs(dst - src) > 1
+        rad = (0.35 if src % 2 else -0.35) if long_in_row else 0.0
         colour = OP_COLOURS.get(op, "#999999")
         arrow = dict(arrowstyle="-|>", color=colour, lw=2 if op != "concat" else 1,
-                     connectionstyle=f"arc3,rad={bend}", shrinkA=12, shrinkB=12)
+                     connectionstyle=f"arc3,rad={rad}", shrinkA=11, shrinkB=11)
         ax.annotate("", (x1, y1), (x0, y0), arrowprops=arrow)
         if op != "concat":
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + bend * 0.8 * (x1 - x0) / 2, op, fontsize=7, ha="center",
-                    va="center", color=colour, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+            # on a curve, the label sits at its midpoint, mid + rad/2 * (dy, -dx) (matplotlib's arc3); on a
+            # straight edge, two thirds of the way, where edges fanning out of one node have parted
+            t = 0.5 if rad else 0.67
+            lx, ly = x0 + t * dx + rad / 2 * dy, y0 + t * dy - rad / 2 * dx
+            ax.text(lx, ly, op, fontsize=7, ha="center", va="center", color=colour,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
     for i, label in enumerate(labels):
         x, y = pos[i]
-        ax.scatter([x], [y], s=600, c="#f0f0f0", edgecolors="#333333", zorder=3)
+        ax.scatter([x], [y], s=500, c="#f0f0f0", edgecolors="#333333", zorder=3)
         ax.text(x, y, f"${label}$" if "_" in label else label, ha="center", va="center", zorder=4, fontsize=8)
-    ax.set_xlim(-0.5, max(p[0] for p in pos.values()) + 0.5)
-    ax.set_ylim(-1.4, 1.4)
+    xs = [p[0] for p in pos.values()]
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ys = [p[1] for p in pos.values()]
+    ax.set_ylim(min(ys) - 0.6 - (len(pos) == 4), max(ys) + 0.6 + (len(pos) == 4))  # NB201: room for the arcs
+    ax.set_aspect("equal")  # arc3 bends in display space: equal axes keep the label on its curve
     ax.set_axis_off()
-    ax.set_title(title)
+    ax.set_title("NB201 cell" if isinstance(genotype, spaces.nb201.Genotype) else f"{cell_type} cell")
     return ax
 
 
@@ -105,9 +117,10 @@ def plot_weight_trajectories(history: list[dict], ops: tuple[str, ...], cell_typ
         ax.tick_params(labelsize=7)
     for ax in flat[len(edges):]:
         ax.set_axis_off()
-    flat[0].figure.legend(*flat[0].get_legend_handles_labels(), loc="lower center", ncol=len(ops), fontsize=7,
-                          frameon=False)
-    flat[0].figure.supxlabel("epoch", fontsize=8)
+    fig = flat[0].figure
+    fig.supxlabel("epoch", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.legend(*flat[0].get_legend_handles_labels(), loc="upper center", ncol=len(ops), fontsize=7, frameon=False)
     return axes
 
 
