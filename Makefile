@@ -33,7 +33,7 @@ test: lint
 lab: env
 	$(PYTHON) -m pip install -e ".[dev,lab]"
 	$(PYTHON) -m jupytext_config set-default-viewer
-	$(PYTHON) -m jupyterlab --ServerApp.root_dir=chapters
+	$(PYTHON) -m jupyterlab --ServerApp.root_dir=chapters $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache
