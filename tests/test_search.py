@@ -190,3 +190,19 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     gb = json.loads((tmp_path / "straight" / "genotype.json").read_text())
     assert ga == gb
     assert len((tmp_path / "killed" / "history.jsonl").read_text().splitlines()) == epochs
+
+
+def test_resume_checks_the_saved_config_and_kind(tmp_path, tiny_data):
+    from vnas import train
+
+    out = tmp_path / "run"
+    search.start(make("darts", epochs=1), out, dataset=tiny_data, device=torch.device("cpu"),
+                 progress=False).fit(log=None)
+    with pytest.raises(runs.RunError, match="is not a train run"):
+        train.resume(out, dataset=tiny_data)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "lrr": 0.1}))
+    with pytest.raises(config.ConfigError, match="'lrr' in .*config.json.*Did you mean 'lr'"):
+        search.resume(out, dataset=tiny_data)
+    (out / "config.json").write_text(json.dumps(saved))
+    assert search.resume(out, dataset=tiny_data, device=torch.device("cpu"), progress=False).epoch == 1

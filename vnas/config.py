@@ -153,6 +153,12 @@ def load_config(cls, experiment: str | None, file: Path | None = None, run_mode:
     return cls(**_check_types(cls, values))
 
 
+def from_dict(cls, values: dict, where: str):
+    """The dataclass ``cls`` from a plain dict (e.g. a run's config.json), with the checks of load_config."""
+    _check_keys(cls, values, where)
+    return cls(**_check_types(cls, values))
+
+
 def _check_types(cls, values: dict) -> dict:
     """Coerce int -> float and list -> tuple where the default says so; refuse other type mismatches."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}

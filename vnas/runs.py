@@ -172,10 +172,45 @@ class EpochLoop:
     """What a search and a final training share: epochs, a history, an optional run folder written after
     every epoch (checkpoint first, then history), bf16 autocast on CUDA, and ``fit()``.
 
-    Subclasses set ``cfg`` (with ``epochs`` and ``amp``), ``device``, ``run``, ``progress``, ``epoch``,
-    ``history`` and define ``train_epoch``, ``steps_per_epoch``, ``state_dict``, ``summary`` and ``final``.
+    Subclasses set ``KIND`` and ``CONFIG`` (the config dataclass); their instances set ``cfg`` (with
+    ``epochs`` and ``amp``), ``device``, ``run``, ``progress``, ``epoch``, ``history``, ``optimizer`` and
+    ``scheduler``, and define ``train_epoch``, ``steps_per_epoch``, ``model_state``/``load_model_state``,
+    ``description``, ``summary`` and ``final``.
     Introduced in chapters/02_darts.py.
     """
+
+    KIND: str
+    CONFIG: type
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "history": self.history, **self.model_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.load_model_state(state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise RunError(f"The checkpoint does not fit this run's config ({type(err).__name__}: {err}).") from err
+        self.epoch, self.history = state["epoch"], list(state["history"])
+        set_rng_state(state["rng"])
+
+    @classmethod
+    def resume(cls, out: Path, **kw):
+        """The run of folder ``out``, restored from its checkpoint, ready to ``fit()`` the remaining epochs."""
+        run = RunDir(out)
+        if not Path(out).is_dir():
+            raise RunError(f"{out} is not a folder; give the --out folder of a {cls.KIND} run.")
+        saved = run.read_json("config.json")
+        if saved.pop("kind", None) != cls.KIND:
+            raise RunError(f"{out} is not a {cls.KIND} run.")
+        saved.pop("mode", None)
+        state = run.load_checkpoint(map_location=kw.get("device") or config.device())
+        job = cls(config.from_dict(cls.CONFIG, saved, str(run.path / "config.json")), run=run, **kw)
+        job.load_state_dict(state)
+        run.write_history(job.history)  # the checkpoint's history is the truth
+        return job
 
     def _autocast(self):
         enabled = self.cfg.amp and self.device.type == "cuda"

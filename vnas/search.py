@@ -119,6 +119,8 @@ class Search(runs.EpochLoop):
     Introduced in chapters/02_darts.py.
     """
 
+    KIND, CONFIG = "search", SearchConfig
+
     def __init__(self, cfg: SearchConfig, run: runs.RunDir | None = None, dataset: data.Cifar10 | None = None,
                  device: torch.device | None = None, progress: bool = True):
         self.cfg, self.run, self.progress = cfg, run, progress
@@ -281,9 +283,8 @@ class Search(runs.EpochLoop):
         return self.space.derive({k: v.detach().float().cpu() for k, v in self.posterior.mean().items()})
 
     # --- state ---
-    def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "supernet": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": runs.rng_state(), "history": self.history}
+    def model_state(self) -> dict:
+        state = {"supernet": self.supernet.state_dict()}
         if self.architect is not None:
             state["posterior"] = self.posterior.state_dict()
             state["arch_optimizer"] = self.architect.optimizer.state_dict()
@@ -292,22 +293,14 @@ class Search(runs.EpochLoop):
             state["best"] = self.posterior.best.to_json() if self.posterior.best is not None else None
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        try:
-            self.supernet.load_state_dict(state["supernet"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if self.architect is not None:
-                self.posterior.load_state_dict(state["posterior"])
-                self.architect.optimizer.load_state_dict(state["arch_optimizer"])
-            else:
-                self.posterior.generator.set_state(state["uniform_generator"])
-                self.posterior.best = self.space.Genotype.from_json(state["best"]) if state["best"] else None
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise runs.RunError(f"The checkpoint does not fit this run's config ({type(err).__name__}: {err}).") \
-                from err
-        self.epoch, self.history = state["epoch"], list(state["history"])
-        runs.set_rng_state(state["rng"])
+    def load_model_state(self, state: dict) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        if self.architect is not None:
+            self.posterior.load_state_dict(state["posterior"])
+            self.architect.optimizer.load_state_dict(state["arch_optimizer"])
+        else:
+            self.posterior.generator.set_state(state["uniform_generator"])
+            self.posterior.best = self.space.Genotype.from_json(state["best"]) if state["best"] else None
 
     # --- the whole search (EpochLoop.fit) ---
     def target_epochs(self) -> int:
@@ -343,19 +336,4 @@ def start(cfg: SearchConfig, out: Path, overwrite: bool = False, run_mode: str |
     return search
 
 
-def resume(out: Path, **kw) -> Search:
-    """The search of run folder ``out``, restored from its checkpoint, ready to ``fit()`` the remaining epochs."""
-    run = runs.RunDir(out)
-    if not Path(out).is_dir():
-        raise runs.RunError(f"{out} is not a folder; give the --out folder of a search.")
-    saved = run.read_json("config.json")
-    if saved.pop("kind", "search") != "search":
-        raise runs.RunError(f"{out} is not a search run.")
-    saved.pop("mode", None)
-    state = run.load_checkpoint(map_location=kw.get("device") or config.device())
-    cfg = SearchConfig(**{k: tuple(v) if k == "arch_betas" else v for k, v in saved.items()})
-    search = Search(cfg, run=run, **kw)
-    search.load_state_dict(state)
-    run.write_history(search.history)  # the checkpoint's history is the truth
-    return search
-
+resume = Search.resume  # the search of a run folder, restored from its checkpoint

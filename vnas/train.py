@@ -73,6 +73,8 @@ class Trainer(runs.EpochLoop):
     Introduced in chapters/02_darts.py.
     """
 
+    KIND, CONFIG = "train", TrainConfig
+
     def __init__(self, cfg: TrainConfig, run: runs.RunDir | None = None, dataset: data.Cifar10 | None = None,
                  device: torch.device | None = None, progress: bool = True):
         self.cfg, self.run, self.progress = cfg, run, progress
@@ -154,20 +156,11 @@ class Trainer(runs.EpochLoop):
             total += len(y)
         return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": runs.rng_state(), "history": self.history}
+    def model_state(self) -> dict:
+        return {"model": self.model.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise runs.RunError(f"The checkpoint does not fit this run's config ({type(err).__name__}: {err}).") \
-                from err
-        self.epoch, self.history = state["epoch"], list(state["history"])
-        runs.set_rng_state(state["rng"])
+    def load_model_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
 
     def description(self) -> str:
         return f"train {self.genotype}"[:60]
@@ -188,14 +181,4 @@ def start(cfg: TrainConfig, out: Path, overwrite: bool = False, run_mode: str | 
     return trainer
 
 
-def resume(out: Path, **kw) -> Trainer:
-    run = runs.RunDir(out)
-    saved = run.read_json("config.json")
-    if saved.pop("kind", None) != "train":
-        raise runs.RunError(f"{out} is not a training run.")
-    saved.pop("mode", None)
-    state = run.load_checkpoint(map_location=kw.get("device") or config.device())
-    trainer = Trainer(TrainConfig(**saved), run=run, **kw)
-    trainer.load_state_dict(state)
-    run.write_history(trainer.history)
-    return trainer
+resume = Trainer.resume  # the training of a run folder, restored from its checkpoint
