@@ -109,13 +109,18 @@ widgets.explore(plots.plot_augmentations, fixed={"x": cifar.x_train},
                 image=(0, len(cifar.x_train) - 1), pad=(0, 8), flip=[True, False], cutout=(0, 24), seed=(0, 20))
 
 # %% [markdown]
-# A batch as the search loop receives it: float32, normalised, NCHW.
+# A batch as the search loop receives it: float32 pixels in $[0, 1]$, NCHW. Every network of the course
+# normalises them in its first module (`vnas.ops.Normalise`, with the statistics above), so that a
+# model is a function of pixels: chapter 07 perturbs exactly those. Cutout holes hold the mean colour,
+# which the normalisation maps to 0.
 
 # %%
 batches = data.Batches(cifar.x_train, cifar.y_train, batch_size=64, device=vnas.device(), cutout=16, seed=0)
 x, y = next(iter(batches))
-print(f"{len(batches)} batches per epoch; x {tuple(x.shape)} {x.dtype} on {x.device}; "
-      f"per-channel mean {x.mean((0, 2, 3)).cpu().numpy().round(2)}")
+normalised = vnas.ops.Normalise().to(x.device)(x)
+print(f"{len(batches)} batches per epoch; x {tuple(x.shape)} {x.dtype} on {x.device}, in "
+      f"[{x.min():.2f}, {x.max():.2f}]; after Normalise, per-channel mean "
+      f"{normalised.mean((0, 2, 3)).cpu().numpy().round(2)} and std {normalised.std((0, 2, 3)).cpu().numpy().round(2)}")
 
 # %% [markdown]
 # ## Exercise: a stratified split

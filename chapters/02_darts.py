@@ -21,7 +21,7 @@ import torch
 
 import vnas
 from vnas import data, objectives, plots, search, spaces, train
-from vnas.supernet import MixedOp, build_supernet
+from vnas.supernet import MixedOp
 
 vnas.setup(seed=0)
 MODE = vnas.mode()
@@ -35,8 +35,11 @@ CHAPTER_START = time.perf_counter()
 #
 # A **cell** is a small DAG. In the DARTS space it has two input nodes (the outputs of the two previous
 # cells, $c_{k-2}$ and $c_{k-1}$), four intermediate nodes, and an output that concatenates the four.
-# Node $j$ sums one operation applied to each of its inputs: $x_j = \sum_{i<j} o^{(i,j)}(x_i)$. Every
-# pair $i < j$ is a candidate edge (14 in all), and each edge chooses one of 8 operations. A network
+# Node $j$ sums one operation applied to each of its inputs (DARTS Eq. 1):
+#
+# $$x_j = \sum_{i<j} o^{(i,j)}(x_i). \tag{2.1}$$
+#
+# Every pair $i < j$ is a candidate edge (14 in all), and each edge chooses one of 8 operations. A network
 # stacks *normal* cells and, at 1/3 and 2/3 of the depth, *reduction* cells (stride 2, twice the channels).
 #
 # NAS-Bench-201 (Dong & Yang, ICLR 2020) is a smaller space: 4 nodes, 6 edges, 5 operations, every node
@@ -78,38 +81,46 @@ except ValueError as err:
 # %% [markdown]
 # ## 2. The continuous relaxation
 #
-# DARTS replaces the categorical choice on edge $(i,j)$ by a mixture of all operations:
+# DARTS replaces the categorical choice on edge $(i,j)$ by a mixture of all operations (DARTS Eq. 2):
 #
-# $$\bar o^{(i,j)}(x) = \sum_{o \in \mathcal O} w_o^{(i,j)}\, o(x), \qquad
-#   w^{(i,j)} = \operatorname{softmax}(\alpha^{(i,j)}) \qquad \text{(DARTS Eq. 1)}$$
+# $$\bar o^{(i,j)}(x) = \sum_{o \in \mathcal O} \theta_o^{(i,j)}\, o(x), \qquad
+#   \theta^{(i,j)} = \operatorname{softmax}(\alpha^{(i,j)}), \tag{2.2}$$
 #
-# with one vector of logits $\alpha^{(i,j)} \in \mathbb R^{|\mathcal O|}$ per edge. The *supernet*
-# contains every operation on every edge, and its output is differentiable in $\alpha$.
-# In `vnas` the mixing weights $w$ come from outside the supernet (`supernet(x, weights)`), so the same
-# supernet serves the softmax of DARTS and the random samples of later chapters.
+# with one vector of logits $\alpha^{(i,j)} \in \mathbb R^{|\mathcal O|}$ per edge. The *mixing weights*
+# $\theta^{(i,j)}$ are a point of the simplex over the edge's operations; in this course $\theta$ always means
+# mixing weights and $w$ always means the network's weights. The *supernet* contains every operation on
+# every edge, and its output is differentiable in $\alpha$. In `vnas` the mixing weights come from outside
+# the supernet (`supernet(x, theta)`), so the same supernet serves the softmax of DARTS and the random
+# samples of later chapters.
 #
 # **Exercise.** Write the mixed operation.
 
 # %%
-def mixed_op(x, ops, w):
+def mixed_op(x, ops, theta):
     ### BEGIN SOLUTION
-    return sum(w_o * op(x) for w_o, op in zip(w, ops, strict=True))
+    return sum(t * op(x) for t, op in zip(theta, ops, strict=True))
     ### END SOLUTION
 
 
 vnas.checks.check_mixed_op(mixed_op)
 
 # %% [markdown]
-# The library's `MixedOp` does the same, skipping operations whose weight is exactly zero (so a one-hot
-# weight vector costs one operation) and never computing `none` (which contributes zero):
+# The library's `MixedOp` has two paths, selected by a flag as nanoGPT selects its attention. With
+# `fused = False` its forward is your line above, Eq. (2.2) as written. The default fused path computes the
+# same function with less work: it never runs `none` (which adds zero), it applies each ReLU once for all
+# the operations that read the same node, it folds $\theta_o$ into the operation's last batch norm, and it
+# can skip operations whose weight is exactly zero (so a one-hot $\theta$ costs one operation per edge).
+# Both against the exercise:
 
 # %%
 op = MixedOp(4, stride=1, primitives=spaces.darts.PRIMITIVES)
 x = torch.randn(2, 4, 8, 8)
-w = torch.softmax(torch.randn(len(spaces.darts.PRIMITIVES)), 0)
-ours = op(x, w)
-by_hand = mixed_op(x, [o for o in op.ops], w)
-print(f"MixedOp vs the exercise: max |difference| = {(ours - by_hand).abs().max():.2e}")
+theta = torch.softmax(torch.randn(len(spaces.darts.PRIMITIVES)), 0)
+by_hand = mixed_op(x, list(op.ops), theta)
+for fused in (True, False):
+    op.fused = fused
+    print(f"MixedOp (fused = {fused}) vs the exercise: max |difference| = {(op(x, theta) - by_hand).abs().max():.2e}")
+op.fused = True
 
 # %% [markdown]
 # ## 3. The bilevel problem
@@ -118,22 +129,28 @@ print(f"MixedOp vs the exercise: max |difference| = {(ours - by_hand).abs().max(
 # judged on held-out data (DARTS splits the CIFAR-10 training set into two halves of 25,000):
 #
 # $$\min_\alpha\; \mathcal L_{val}(w^*(\alpha), \alpha) \quad \text{s.t.} \quad
-#   w^*(\alpha) = \arg\min_w \mathcal L_{train}(w, \alpha) \qquad \text{(DARTS Eq. 3-4)}$$
+#   w^*(\alpha) = \arg\min_w \mathcal L_{train}(w, \alpha) \qquad \text{(DARTS Eqs. 3-4)} \tag{2.3}$$
 #
 # Solving the inner problem for every step of $\alpha$ is out of the question. DARTS approximates
-# $w^*(\alpha)$ by a single gradient step, $w' = w - \xi \nabla_w \mathcal L_{train}(w, \alpha)$, and
-# differentiates through it (Eq. 6-7):
+# $w^*(\alpha)$ by a single gradient step (Eq. 6),
+#
+# $$w' = w - \xi \nabla_w \mathcal L_{train}(w, \alpha), \tag{2.4}$$
+#
+# and differentiates through it. With $\xi = 0$ that is the **first-order** approximation, cheap but blind to
+# how $w$ would react:
+#
+# $$\nabla_\alpha \mathcal L_{val}(w, \alpha). \tag{2.5}$$
+#
+# With $\xi > 0$ it is the **second-order** hypergradient (DARTS Eq. 7):
 #
 # $$\nabla_\alpha \mathcal L_{val}(w', \alpha) - \xi\, \nabla^2_{\alpha, w} \mathcal L_{train}(w, \alpha)\,
-#   \nabla_{w'} \mathcal L_{val}(w', \alpha).$$
+#   \nabla_{w'} \mathcal L_{val}(w', \alpha). \tag{2.6}$$
 #
-# With $\xi = 0$ this is the **first-order** approximation (just $\nabla_\alpha \mathcal L_{val}$, cheap,
-# but it ignores how $w$ would react). The **second-order** term needs a Hessian-vector product, which
-# DARTS approximates by a central difference (Eq. 8), with $v = \nabla_{w'}\mathcal L_{val}(w', \alpha)$
-# and $w^\pm = w \pm \epsilon v$, $\epsilon = 0.01/\lVert v \rVert$:
+# Its second term needs a Hessian-vector product, which DARTS approximates by a central difference (Eq. 8),
+# with $v = \nabla_{w'}\mathcal L_{val}(w', \alpha)$ and $w^\pm = w \pm \epsilon v$, $\epsilon = 0.01/\lVert v \rVert$:
 #
 # $$\nabla^2_{\alpha,w} \mathcal L_{train}(w, \alpha)\, v \approx
-#   \frac{\nabla_\alpha \mathcal L_{train}(w^+, \alpha) - \nabla_\alpha \mathcal L_{train}(w^-, \alpha)}{2\epsilon}.$$
+#   \frac{\nabla_\alpha \mathcal L_{train}(w^+, \alpha) - \nabla_\alpha \mathcal L_{train}(w^-, \alpha)}{2\epsilon}. \tag{2.7}$$
 #
 # **Exercise.** Write the central difference, given a function `grad_alpha(w)` that returns
 # $\nabla_\alpha \mathcal L_{train}(w, \alpha)$.
@@ -156,16 +173,16 @@ vnas.checks.check_finite_difference_hvp(finite_difference_hvp)
 
 # %%
 torch.manual_seed(0)
-tiny = build_supernet("nb201", C=4, N=1, num_classes=10).double()
 nb = spaces.get_space("nb201")
-mix = {"cell": torch.softmax(torch.randn(nb.num_edges, nb.num_ops, dtype=torch.float64), -1)}
-train_batch = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
-val_batch = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
-exact = objectives.exact_second_order_gradient(tiny, mix, train_batch, val_batch, xi=0.025)["cell"]
-first = objectives.first_order_gradient(tiny, mix, val_batch)[0]["cell"]
+tiny = nb.build_supernet(C=4, layers=1, num_classes=10).double()
+theta = {"cell": torch.softmax(torch.randn(nb.num_edges, nb.num_ops, dtype=torch.float64), -1)}
+train_batch = torch.rand(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))  # pixels in [0, 1]
+val_batch = torch.rand(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
+exact = objectives.exact_second_order_gradient(tiny, theta, train_batch, val_batch, xi=0.025)["cell"]
+first = objectives.first_order_gradient(tiny, theta, val_batch)[0]["cell"]
 rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
 for fd_scale in (0.01, 1e-7):
-    approx = objectives.second_order_gradient(tiny, mix, train_batch, val_batch, xi=0.025, fd_scale=fd_scale)[0]
+    approx = objectives.second_order_gradient(tiny, theta, train_batch, val_batch, xi=0.025, fd_scale=fd_scale)[0]
     print(f"finite difference (eps = {fd_scale:g} / ||v||) vs exact: relative error {rel(approx['cell'], exact):.1e}")
 print(f"first order vs exact second order:                relative error {rel(first, exact):.1e}")
 
@@ -180,7 +197,18 @@ print(f"first order vs exact second order:                relative error {rel(fi
 # the search cost.
 #
 # Search alternates the two updates (DARTS Algorithm 1): one Adam step on $\alpha$ with a validation
-# batch (`vnas.objectives.Architect`), one SGD step on $w$ with a training batch.
+# batch (`Search.architecture_step`), one SGD step on $w$ with a training batch (`Search.weight_step`).
+# Each step minimises an objective that `vnas.objectives` writes out term by term. DARTS' optimisers carry
+# two L2 penalties as "weight decay"; here they are terms of the objectives, with the same values:
+#
+# $$\text{weights: } \mathcal L_{train}(w, \theta) + \frac{\lambda}{2}\lVert w \rVert^2, \quad \lambda = 3\cdot 10^{-4};
+#   \qquad \text{architecture: } \mathcal L_{val}(w, \theta(\alpha)) + \frac{\lambda_\alpha}{2}\lVert \alpha \rVert^2,
+#   \quad \lambda_\alpha = 10^{-3}. \tag{2.8}$$
+#
+# As in DARTS, the gradient clipping (norm 5) applies to the data term's gradient, and the L2 term's
+# gradient $\lambda w$ is added after it. For a one-hot $\theta$ (GDAS, random sampling) the weights' L2
+# covers the weights of the network that $\theta$ selects, as those methods' weight decay does. The history
+# of a search records every term of both objectives, as epoch means of the values each step optimised.
 #
 # ## 4. From mixing weights to a cell
 #
@@ -230,10 +258,13 @@ print(f"supernet: {sum(p.numel() for p in darts_search.supernet.parameters()) / 
       f"{len(darts_search.train_idx)} search-train / {len(darts_search.val_idx)} search-val images ({MODE} mode)")
 history = darts_search.fit()
 found = darts_search.genotype()
+print("terms of the last epoch (epoch means):")
+for step in ("architecture", "weights"):
+    print(f"  {step:12s}", ", ".join(f"{k} {v:.3g}" for k, v in history[-1][step].items()))
 
 # %% [markdown]
-# How the mixing weights of the normal cell's 14 edges moved during search (each panel one edge, each
-# line one operation's softmax weight):
+# How the mixing weights $\theta$ of the normal cell's 14 edges moved during search (each panel one edge,
+# each line one operation's softmax weight):
 
 # %%
 plots.plot_weight_trajectories(history, spaces.darts.PRIMITIVES, "normal")
@@ -296,15 +327,15 @@ nb_history = nb_search.fit(log=None)
 nb_found = nb_search.genotype()
 print(f"DARTS on NB201 ({MODE} mode, {nb_cfg.epochs} epochs, C={nb_cfg.channels}, N={nb_cfg.layers}):")
 print(f"  derived cell: {nb_found}")
-print(f"  its NB201 CIFAR-10 test accuracy: {spaces.nb201.table_accuracy(nb_found)['cifar10']:.2f}%")
-best, best_acc = spaces.nb201.table_best()
+print(f"  its NB201 CIFAR-10 test accuracy: {nb_search.space.score(nb_found)['cifar10']:.2f}%")
+best, best_acc = spaces.nb201_table.table_best()
 print(f"  for reference: the best cell scores {best_acc['cifar10']:.2f}%, all-skip 54.30% (published DARTS result)")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.2))
 plots.plot_op_shares(nb_history, spaces.nb201.PRIMITIVES, ax=axes[0])
 axes[0].set_title("argmax op of the 6 edges over the epochs")
-axes[1].plot([h["epoch"] for h in nb_history], [h["nb201"]["cifar10"] for h in nb_history], "o-")
+axes[1].plot([h["epoch"] for h in nb_history], [h["score"]["cifar10"] for h in nb_history], "o-")
 axes[1].axhline(best_acc["cifar10"], color="green", ls="--", label="best cell (94.37)")
 axes[1].axhline(54.30, color="red", ls=":", label="all skip (54.30)")
 axes[1].set_xlabel("epoch")
@@ -327,9 +358,10 @@ plt.show()
 # python -m vnas train --genotype runs/darts/genotype.json --out runs/darts-eval
 # python -m vnas describe --genotype DARTS_V2 --mode full   # ~3.3M parameters, as published
 # ```
-# A run folder keeps the resolved config, `history.jsonl` (per epoch: losses, accuracies, every edge's
-# mixing weights, the derived genotype, wall time), `genotype.json`, a checkpoint written atomically
-# every epoch, and a manifest (command, git commit, mode, hardware, torch version, date).
+# A run folder keeps the resolved config, `history.jsonl` (per epoch: every term of both objectives,
+# accuracies, every edge's mixing weights, the derived genotype, wall time), `genotype.json`, a checkpoint
+# written atomically every epoch (tensors and plain data only, so that resuming a run folder someone shared
+# cannot run code), and a manifest (command, git commit, mode, hardware, torch version, date).
 
 # %%
 print(f"chapter 02 ran in {time.perf_counter() - CHAPTER_START:.0f} s ({MODE} mode on {vnas.config.hardware()})")

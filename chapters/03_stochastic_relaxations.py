@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import vnas
 import vnas.checks
-from vnas import plots
+from vnas import objectives, plots
 from vnas.posteriors import METHODS, build_posterior, dirichlet_kl, gumbel_softmax_sample
 from vnas.widgets import explore
 
@@ -55,8 +55,8 @@ torch.set_default_dtype(torch.float64)  # estimator statistics below need more t
 #
 # On every edge $e$ DARTS mixes the candidate operations $o \in \mathcal{O}$ with point weights
 #
-# $$\bar o_e(x) = \sum_{o \in \mathcal{O}} w_{e,o}\, o(x), \qquad
-#   w_e = \mathrm{softmax}(\alpha_e). \tag{3.1}$$
+# $$\bar o_e(x) = \sum_{o \in \mathcal{O}} \theta_{e,o}\, o(x), \qquad
+#   \theta_e = \mathrm{softmax}(\alpha_e). \tag{3.1}$$
 #
 # The network it trains is a *mixture* that no single architecture implements; at the end the mixture is
 # cut to the arg-max operation, and nothing during the search measured how good that discrete network is
@@ -64,25 +64,25 @@ torch.set_default_dtype(torch.float64)  # estimator statistics below need more t
 # $(0.5, 0.5)$ say the same thing whether the data could not separate the two operations or strongly
 # prefer a half-half blend.
 #
-# A distribution $q_\phi(w)$ over each edge's simplex fixes both. We minimise the *expected* loss of
+# A distribution $q_\phi(\theta)$ over each edge's simplex fixes both. We minimise the *expected* loss of
 # architectures drawn from it,
 #
-# $$\min_\phi\; \mathbb{E}_{w \sim q_\phi}\big[\mathcal{L}(w)\big], \tag{3.2}$$
+# $$\min_\phi\; \mathbb{E}_{\theta \sim q_\phi}\big[\mathcal{L}(\theta)\big], \tag{3.2}$$
 #
 # and the spread of $q_\phi$ says how sure we are. A toy loss shows the difference: two operations with
-# outputs $c = (0, 1)$ and a target $t = 0.4$, $\mathcal{L}(w) = (w \cdot c - t)^2$. The DARTS objective
-# $\mathcal{L}(\mathrm{softmax}(\alpha))$ is perfect at the mixture $w = (0.6, 0.4)$, yet the two
+# outputs $c = (0, 1)$ and a target $t = 0.4$, $\mathcal{L}(\theta) = (\theta \cdot c - t)^2$. The DARTS objective
+# $\mathcal{L}(\mathrm{softmax}(\alpha))$ is perfect at the mixture $\theta = (0.6, 0.4)$, yet the two
 # architectures one could actually deploy have losses $0.16$ and $0.36$. The expected loss of a sampled
 # architecture, $\mathbb{E}_{k \sim \mathrm{softmax}(\alpha)}[\mathcal{L}(e_k)]
-# = \sum_k w_k \mathcal{L}(e_k)$, never reports a loss that no architecture has, and it pushes $q$
+# = \sum_k \theta_k \mathcal{L}(e_k)$, never reports a loss that no architecture has, and it pushes $q$
 # towards the better operation.
 
 # %%
 c_toy, t_toy = torch.tensor([0.0, 1.0]), 0.4
 gap = torch.linspace(-4, 4, 201)  # alpha_2 - alpha_1
-w = torch.stack([torch.sigmoid(-gap), torch.sigmoid(gap)], 1)
-darts_loss = (w @ c_toy - t_toy) ** 2
-expected_loss = w @ (c_toy - t_toy) ** 2  # sum_k w_k L(e_k)
+theta = torch.stack([torch.sigmoid(-gap), torch.sigmoid(gap)], 1)
+darts_loss = (theta @ c_toy - t_toy) ** 2
+expected_loss = theta @ (c_toy - t_toy) ** 2  # sum_k theta_k L(e_k)
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.plot(gap, darts_loss, label=r"DARTS: $\mathcal{L}(\mathrm{softmax}(\alpha))$")
 ax.plot(gap, expected_loss, label=r"expected loss of a sampled architecture")
@@ -92,20 +92,24 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# All methods of this course share one interface, `vnas.posteriors.ArchDistribution`: per cell type an
-# $E \times O$ matrix of parameters $\alpha$; `sample()` gives the mixing weights of one forward pass
-# (one sample per edge, shared by the batch), `mean()` the point weights for deriving a genotype,
-# `regulariser(num_data)` the term added to the architecture loss. Here are all five on the two search
-# spaces (DARTS: 14 edges x 8 ops, normal and reduction cells; NAS-Bench-201: 6 edges x 5 ops).
+# Every method of this course, the two baselines included, is one `vnas.posteriors.ArchDistribution`: a
+# distribution $q$ over the mixing weights $\theta$ of every edge, an $E \times O$ matrix per cell type.
+# `sample()` gives the $\theta$ of one forward pass (one sample per edge, shared by the batch), `mean()`
+# the point weights a genotype is derived from. Each distribution also says whether an architecture step
+# trains it (`trained`; the baselines have no parameters), whether its samples hold exact zeros the supernet
+# can skip (`sparse`), its KL to a prior when its objective has one (`structure_kl()`, in chapter 04), and
+# its named penalty terms (`regularisers()`: DARTS' L2 on $\alpha$, which every gradient method of the
+# literature keeps). Here are all seven on the two search spaces (DARTS: 14 edges x 8 ops, normal and
+# reduction cells; NAS-Bench-201: 6 edges x 5 ops).
 
 # %%
-SPACES = {"DARTS": (("normal", "reduce"), 14, 8), "NB201": (("cell",), 6, 5)}
-for space, (cell_types, num_edges, num_ops) in SPACES.items():
+for space in ("darts", "nb201"):
     for method in METHODS:
-        q = build_posterior(method, cell_types, num_edges, num_ops)
-        w = q.sample()[cell_types[0]]
-        print(f"{space:5s} {method:11s} {type(q).__name__:10s} sample {tuple(w.shape)}, "
-              f"zeros in sample: {int((w == 0).sum()):3d}, regulariser(25000) = {q.regulariser(25_000):.2e}")
+        q = build_posterior(method, space)
+        theta = q.sample()[q.cell_types[0]]
+        terms = ", ".join(f"{k} {v.item():.1e}" for k, v in q.regularisers().items()) or "-"
+        print(f"{space:5s} {method:11s} {type(q).__name__:12s} sample {tuple(theta.shape)}, trained {q.trained!s:5s} "
+              f"sparse {q.sparse!s:5s} zeros in sample {int((theta == 0).sum()):3d}, terms: {terms}")
 
 # %% [markdown]
 # ## 2. The Gumbel-max trick
@@ -198,7 +202,7 @@ explore(plots.plot_concrete, fixed={"logits": (1.0, 0.0, -1.0)}, tau=(0.05, 5.0)
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.0))
 for method in ("snas", "gdas"):
-    q = build_posterior(method, ("cell",), 6, 5)
+    q = build_posterior(method, "nb201")
     taus = []
     for epoch in range(50):
         q.set_progress(epoch, 50)
@@ -225,11 +229,11 @@ plt.show()
 # operations get weight exactly $0.0$ and the supernet can skip them.
 
 # %%
-q = build_posterior("gdas", ("cell",), 6, 5, tau0=1.0)
-w = q.sample()["cell"]
-print("forward weights (exact one-hot):\n", w.detach())
-print("values:", sorted(set(w.detach().flatten().tolist())))
-(w * torch.arange(5.0)).sum().backward()
+q = build_posterior("gdas", "nb201", tau0=1.0)
+theta = q.sample()["cell"]
+print("forward weights (exact one-hot):\n", theta.detach())
+print("values:", sorted(set(theta.detach().flatten().tolist())))
+(theta * torch.arange(5.0)).sum().backward()
 print("gradient w.r.t. alpha (from the soft sample):\n", q.alphas["cell"].grad)
 
 # %% [markdown]
@@ -241,15 +245,15 @@ print("gradient w.r.t. alpha (from the soft sample):\n", q.alphas["cell"].grad)
 # DrNAS (Chen et al., ICLR 2021) puts a Dirichlet on each edge's weights, with concentration
 # $\beta_e = \mathrm{elu}(\alpha_e) + 1 > 0$:
 #
-# $$q(w_e) = \mathrm{Dir}(w_e; \beta_e) = \frac{\Gamma(\beta_{e,0})}{\prod_k \Gamma(\beta_{e,k})}
-#   \prod_k w_{e,k}^{\beta_{e,k} - 1}, \qquad \beta_{e,0} = \sum_k \beta_{e,k}. \tag{3.6}$$
+# $$q(\theta_e) = \mathrm{Dir}(\theta_e; \beta_e) = \frac{\Gamma(\beta_{e,0})}{\prod_k \Gamma(\beta_{e,k})}
+#   \prod_k \theta_{e,k}^{\beta_{e,k} - 1}, \qquad \beta_{e,0} = \sum_k \beta_{e,k}. \tag{3.6}$$
 #
 # Its mean is what DrNAS uses to derive the genotype; its total concentration $\beta_0$ says how sure it is;
 # and it has a closed-form differential entropy ($K$ ops, $B$ the multivariate Beta function, $\psi$ the
 # digamma function):
 #
-# $$\mathbb{E}[w_k] = \frac{\beta_k}{\beta_0}, \quad
-#   \mathrm{Var}[w_k] = \frac{\beta_k(\beta_0 - \beta_k)}{\beta_0^2(\beta_0 + 1)}, \quad
+# $$\mathbb{E}[\theta_k] = \frac{\beta_k}{\beta_0}, \quad
+#   \mathrm{Var}[\theta_k] = \frac{\beta_k(\beta_0 - \beta_k)}{\beta_0^2(\beta_0 + 1)}, \quad
 #   H = \log B(\beta) + (\beta_0 - K)\,\psi(\beta_0) - \sum_k (\beta_k - 1)\,\psi(\beta_k). \tag{3.7}$$
 #
 # Below, densities and samples for the same mean $(0.5, 0.3, 0.2)$ at growing total concentration. Note the
@@ -291,7 +295,7 @@ print(f"mean {beta / b0}, entropy (Eq. 3.7) {H:.6f}, "
 # Only the CDF's derivative and the density at the sample are needed. Check Eq. (3.8) for
 # $x \sim \mathrm{Gamma}(a, 1)$, whose CDF is the regularised incomplete gamma function: differentiate the
 # CDF in $a$ by central differences and compare with the gradient torch's `rsample` gives for the same
-# sample. (A Dirichlet sample is normalised Gamma samples, $w_k = \gamma_k / \sum_j \gamma_j$; the backward
+# sample. (A Dirichlet sample is normalised Gamma samples, $\theta_k = \gamma_k / \sum_j \gamma_j$; the backward
 # pass of torch's `Dirichlet.rsample` evaluates an implicit derivative of this kind.)
 
 # %%
@@ -311,20 +315,20 @@ for _ in range(3):
 # global random generator, since `rsample` takes none: seed with `vnas.setup`.)
 
 # %%
-q = build_posterior("drnas", ("cell",), 6, 5)
-w = q.sample()["cell"]
-(w * torch.arange(5.0)).sum().backward()
-print("one sample per edge, rows sum to", w.sum(-1).detach())
+q = build_posterior("drnas", "nb201")
+theta = q.sample()["cell"]
+(theta * torch.arange(5.0)).sum().backward()
+print("one sample per edge, rows sum to", theta.sum(-1).detach())
 print("gradient reaches alpha:", q.alphas["cell"].grad.abs().sum(-1))
 
 # %% [markdown]
 # ## 7. The KL between Dirichlets, and the variational objective
 #
-# The course's method is variational: a prior $p(w_e) = \mathrm{Dir}(c_0, \dots, c_0)$ on every edge, the
-# posterior $q(w_e) = \mathrm{Dir}(\beta_e)$, and (chapter 01) the ELBO per data point subtracts
-# $\frac{1}{N}\sum_e \mathrm{KL}(q(w_e) \,\|\, p(w_e))$. With $\gamma$ the prior's concentration
+# The course's method is variational: a prior $p(\theta_e) = \mathrm{Dir}(c_0, \dots, c_0)$ on every edge, the
+# posterior $q(\theta_e) = \mathrm{Dir}(\beta_e)$, and (chapter 01) the ELBO per data point subtracts
+# $\frac{1}{N}\sum_e \mathrm{KL}(q(\theta_e) \,\|\, p(\theta_e))$. With $\gamma$ the prior's concentration
 # ($\gamma_k = c_0$) and $\gamma_0 = \sum_k \gamma_k$, taking the expectation of
-# $\log q - \log p$ under $q$ with $\mathbb{E}_q[\log w_k] = \psi(\beta_k) - \psi(\beta_0)$ gives
+# $\log q - \log p$ under $q$ with $\mathbb{E}_q[\log \theta_k] = \psi(\beta_k) - \psi(\beta_0)$ gives
 #
 # $$\mathrm{KL}\big(\mathrm{Dir}(\beta) \,\|\, \mathrm{Dir}(\gamma)\big)
 #   = \log\Gamma(\beta_0) - \sum_k \log\Gamma(\beta_k) - \log\Gamma(\gamma_0) + \sum_k \log\Gamma(\gamma_k)
@@ -348,8 +352,8 @@ vnas.checks.check_dirichlet_kl(my_dirichlet_kl)
 
 # %% [markdown]
 # A closed form is only as good as its derivation, so check Eq. (3.9) (the library's `dirichlet_kl`)
-# against a Monte Carlo estimate $\frac{1}{S}\sum_s \log q(w^{(s)}) - \log p(w^{(s)})$,
-# $w^{(s)} \sim q$, with its standard error:
+# against a Monte Carlo estimate $\frac{1}{S}\sum_s \log q(\theta^{(s)}) - \log p(\theta^{(s)})$,
+# $\theta^{(s)} \sim q$, with its standard error:
 
 # %%
 beta = torch.tensor([[0.5, 2.0, 1.0, 3.0, 0.8], [5.0, 5.0, 5.0, 5.0, 5.0], [0.2, 0.2, 9.0, 0.2, 0.2]])
@@ -364,24 +368,26 @@ for e in range(3):
     print(f"edge {e}: closed form {dirichlet_kl(beta[e], c0):.4f}   Monte Carlo {mc:.4f} +- {se:.4f}")
 
 # %% [markdown]
-# The variational method's `regulariser(num_data)` is exactly `kl_scale` times
-# $\sum_{\text{cell types}} \sum_e \mathrm{KL}_e / N$. A teaching point: NASLib's DrNAS
+# In the variational method's objective (`vnas.objectives.architecture_terms`, chapter 04) this KL enters
+# as `kl_scale` times $\sum_{\text{cell types}} \sum_e \mathrm{KL}_e / N$. A teaching point: NASLib's DrNAS
 # takes *one* KL over all edges' parameters flattened into a single Dirichlet. That is a different
 # quantity (one distribution over a simplex of $E \cdot O$ weights, not $E$ independent simplices):
 
 # %%
 print(f"sum of per-edge KLs: {dirichlet_kl(beta, c0).sum():.4f}   "
       f"one KL over the flattened vector: {dirichlet_kl(beta.flatten(), c0):.4f}")
-q = build_posterior("variational", ("cell",), 6, 5, c0=0.5)
-print(f"variational regulariser at N = 25000: {q.regulariser(25_000).item():.3e}")
+q = build_posterior("variational", "nb201", c0=0.5)
+terms = objectives.architecture_terms(q, nll=torch.tensor(0.0), num_data=25_000)
+print(f"variational posterior at its initial value: structure KL {terms['structure_kl'].item():.3e} nats, "
+      f"its weight in the objective at N = 25000: {terms['structure_kl'].item() / 25_000:.3e}")
 
 # %% [markdown]
 # ## 8. Bias and variance of the gradient estimators
 #
-# Eq. (3.2) needs $\nabla_\phi \mathbb{E}_{q_\phi}[f(w)]$. We now have four ways to estimate it from
+# Eq. (3.2) needs $\nabla_\phi \mathbb{E}_{q_\phi}[f(\theta)]$. We now have four ways to estimate it from
 # samples. The **score function** (REINFORCE) estimator works for any distribution,
 #
-# $$\nabla_\phi \mathbb{E}_{q_\phi}[f(w)] = \mathbb{E}_{q_\phi}\big[f(w)\, \nabla_\phi \log q_\phi(w)\big],
+# $$\nabla_\phi \mathbb{E}_{q_\phi}[f(\theta)] = \mathbb{E}_{q_\phi}\big[f(\theta)\, \nabla_\phi \log q_\phi(\theta)\big],
 # \tag{3.10}$$
 #
 # and is unbiased; the **pathwise** estimators differentiate $f$ at a reparameterised sample: Gumbel-softmax
@@ -389,13 +395,13 @@ print(f"variational regulariser at N = 25000: {q.regulariser(25_000).item():.3e}
 # and the Dirichlet's implicit reparameterisation (Eq. 3.8, unbiased for the Dirichlet objective).
 #
 # To measure bias we need the exact gradient. Take $K = 4$ operations with outputs $c$ and the quadratic
-# loss $f(w) = (w \cdot c - t)^2$:
+# loss $f(\theta) = (\theta \cdot c - t)^2$:
 #
 # * **categorical objective** $\mathbb{E}_{k \sim \mathrm{softmax}(\alpha)}[f(e_k)] = \sum_k \pi_k f(e_k)$;
 #   exact gradient by autograd on that sum. Estimated by REINFORCE, Gumbel-softmax and straight-through.
-# * **Dirichlet objective** $\mathbb{E}_{\mathrm{Dir}(\beta)}[f(w)]$ with $\beta = \mathrm{elu}(\alpha) + 1$,
-#   in closed form through the moments $\mathbb{E}[w] = \beta/\beta_0$,
-#   $\mathbb{E}[w w^\top] = (\beta\beta^\top + \mathrm{diag}\,\beta) / (\beta_0(\beta_0 + 1))$. Estimated by
+# * **Dirichlet objective** $\mathbb{E}_{\mathrm{Dir}(\beta)}[f(\theta)]$ with $\beta = \mathrm{elu}(\alpha) + 1$,
+#   in closed form through the moments $\mathbb{E}[\theta] = \beta/\beta_0$,
+#   $\mathbb{E}[\theta \theta^\top] = (\beta\beta^\top + \mathrm{diag}\,\beta) / (\beta_0(\beta_0 + 1))$. Estimated by
 #   the implicit pathwise gradient and by REINFORCE.
 
 # %%
@@ -404,9 +410,9 @@ c = torch.tensor([1.0, 0.2, 0.6, -0.4])
 alpha0 = torch.tensor([0.5, -0.3, 0.2, 0.0])
 
 
-def f(w):
-    """The loss of (relaxed) weights w [n, K] -> [n]."""
-    return (w @ c - t) ** 2
+def f(theta):
+    """The loss of (relaxed) mixing weights theta [n, K] -> [n]."""
+    return (theta @ c - t) ** 2
 
 
 def exact_grad(objective):
@@ -455,8 +461,8 @@ def dirichlet_pathwise(a):
 
 def score_function_dirichlet(a):
     q = torch.distributions.Dirichlet(F.elu(a) + 1)
-    w = q.sample()
-    return f(w) * q.log_prob(w)  # Eq. (3.10)
+    theta = q.sample()
+    return f(theta) * q.log_prob(theta)  # Eq. (3.10)
 
 
 def one_sample_grads(surrogate, n):
@@ -540,13 +546,15 @@ for a_name, b_name in pairs:
 # %% [markdown]
 # ## Summary
 #
-# | method | `build_posterior` name | sample | point weights | regulariser |
+# | method | `build_posterior` name | sample | point weights | prior term, penalty |
 # | --- | --- | --- | --- | --- |
-# | DARTS | `darts` | $\mathrm{softmax}(\alpha)$ (no noise) | softmax | none |
-# | SNAS | `snas` | Concrete, Eq. (3.4), $\tau$ annealed | softmax | none |
-# | GDAS | `gdas` | hard Gumbel, Eq. (3.5) | softmax | none |
-# | DrNAS | `drnas` | $\mathrm{Dir}(\mathrm{elu}(\alpha)+1)$, Eq. (3.8) | Dir. mean | weight decay, or KL |
-# | variational | `variational` | same | Dir. mean | $\sum_e \mathrm{KL}_e / N$, Eq. (3.9) |
+# | DARTS | `darts` | $\mathrm{softmax}(\alpha)$ (no noise) | softmax | none; L2 on $\alpha$ |
+# | SNAS | `snas` | Concrete, Eq. (3.4), $\tau$ annealed | softmax | none; L2 on $\alpha$ |
+# | GDAS | `gdas` | hard Gumbel, Eq. (3.5) | softmax | none; L2 on $\alpha$ |
+# | DrNAS | `drnas` | $\mathrm{Dir}(\mathrm{elu}(\alpha)+1)$, Eq. (3.8) | Dir. mean | none (option: KL); L2 on $\alpha$ |
+# | variational | `variational` | same | Dir. mean | $\sum_e \mathrm{KL}_e / N$, Eq. (3.9); L2 on $\alpha$ |
+# | random sampling, shared weights | `random_ws` | a uniform one-hot cell | best of 10 cells, per epoch | none |
+# | random cell | `random` | one fixed uniform cell | the same cell | none |
 #
 # **References.** C. J. Maddison, A. Mnih, Y. W. Teh, *The Concrete Distribution*, ICLR 2017.
 # E. Jang, S. Gu, B. Poole, *Categorical Reparameterization with Gumbel-Softmax*, ICLR 2017.

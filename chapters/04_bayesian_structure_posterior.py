@@ -13,17 +13,21 @@
 # estimate (Bayesian weights come in a later chapter), the bound on the evidence of the validation data is
 #
 # $$\log p(\mathcal D_{val} \mid w) \;\ge\; \mathbb E_{q(\theta)}\big[\log p(\mathcal D_{val} \mid w, \theta)\big]
-#   \;-\; \sum_{e} \mathrm{KL}\big(\mathrm{Dir}(\beta_e)\,\|\,\mathrm{Dir}(c_0\mathbf 1)\big). \qquad (4.1)$$
+#   \;-\; \sum_{e} \mathrm{KL}\big(\mathrm{Dir}(\beta_e)\,\|\,\mathrm{Dir}(c_0\mathbf 1)\big). \tag{4.1}$$
 #
 # Divided by the number $N$ of validation points, maximising (4.1) means minimising
 #
 # $$\mathcal L(\alpha) = \underbrace{\mathbb E_{q}\big[\mathrm{CE}_{val}(w, \theta)\big]}_{\text{one reparameterised sample per step}}
-#   \;+\; \frac{1}{N}\sum_e \mathrm{KL}\big(\mathrm{Dir}(\beta_e)\,\|\,\mathrm{Dir}(c_0\mathbf 1)\big), \qquad (4.2)$$
+#   \;+\; \frac{1}{N}\sum_e \mathrm{KL}\big(\mathrm{Dir}(\beta_e)\,\|\,\mathrm{Dir}(c_0\mathbf 1)\big), \tag{4.2}$$
 #
-# which is exactly the architecture loss of `vnas` for `--method variational`: the cross-entropy of a
-# supernet whose mixing weights are one `rsample()` of $q$ (implicit reparameterisation, chapter 03), plus
-# `posterior.regulariser(N)`. DrNAS (Chen et al., ICLR 2021) uses the same Dirichlet posterior but, by
-# default, an L2 penalty on $\alpha$ instead of the KL; SNAS and GDAS sample from Concrete distributions.
+# which `vnas.objectives.architecture_terms` writes term by term for `--method variational`: the
+# cross-entropy (`nll`) of a supernet whose mixing weights are one `rsample()` of $q$ (implicit
+# reparameterisation, chapter 03), and the KL (`structure_kl`) over $N$. Every method's architecture step
+# also carries DARTS' L2 on $\alpha$, $\frac{\lambda_\alpha}{2}\lVert\alpha\rVert^2$ with
+# $\lambda_\alpha = 10^{-3}$, as a named term (`l2_alpha`): in DARTS' code it is the architecture
+# optimiser's weight decay, and here it is part of the objective, printed and logged with the rest.
+# DrNAS (Chen et al., ICLR 2021) uses the same Dirichlet posterior but, by default, only that L2 penalty
+# and no KL; SNAS and GDAS sample from Concrete distributions.
 #
 # This chapter runs the variational search, watches the posterior concentrate, varies the prior, and
 # compares all five methods on NAS-Bench-201, where the true accuracy of every cell is known.
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 
 import vnas
-from vnas import data, plots, posteriors, search, spaces
+from vnas import data, objectives, plots, posteriors, search, spaces
 
 vnas.setup(seed=0)
 MODE = vnas.mode()
@@ -70,13 +74,15 @@ vnas.checks.check_architecture_kl(architecture_kl)
 # 25,000 validation images, strong for the few hundred of a laptop run.
 
 # %%
-post = posteriors.build_posterior("variational", ("cell",), 6, 5, c0=1.0)
-print(f"KL at initialisation (c0 = 1): {post.regulariser(1).item():.2e} nats")
+post = posteriors.build_posterior("variational", "nb201", c0=1.0)
+print(f"KL at initialisation (c0 = 1): {objectives.structure_kl(post).item():.2e} nats")
 with torch.no_grad():
     post.alphas["cell"][:, 3] = 20.0  # a posterior sure of nor_conv_3x3 on every edge
-print(f"KL of a posterior concentrated on one op per edge: {post.regulariser(1).item():.1f} nats, "
-      f"i.e. {post.regulariser(25_000).item():.4f} per image at N = 25,000 and "
-      f"{post.regulariser(500).item():.3f} at N = 500")
+kl = objectives.structure_kl(post).item()
+print(f"KL of a posterior concentrated on one op per edge: {kl:.1f} nats, "
+      f"i.e. {kl / 25_000:.4f} per image at N = 25,000 and {kl / 500:.3f} at N = 500")
+terms = objectives.architecture_terms(post, nll=torch.tensor(2.3), num_data=500)
+print("the terms of (4.2) at N = 500 with an NLL of 2.3:", {k: round(v.item(), 4) for k, v in terms.items()})
 
 # %% [markdown]
 # ## 2. Searching with the posterior (NAS-Bench-201)
@@ -91,8 +97,10 @@ print(nb_cfg)
 var_search = search.Search(nb_cfg, dataset=cifar, device=DEVICE)
 var_history = var_search.fit()
 var_cell = var_search.genotype()
+print("the architecture objective's terms, epoch means of the last epoch:",
+      {k: f"{v:.3g}" for k, v in var_history[-1]["architecture"].items()})
 print(f"\nderived cell: {var_cell}\nNB201 CIFAR-10 test accuracy of that cell: "
-      f"{spaces.nb201.table_accuracy(var_cell)['cifar10']:.2f}% ({MODE} mode)")
+      f"{var_search.space.score(var_cell)['cifar10']:.2f}% ({MODE} mode)")
 
 # %% [markdown]
 # **How the posterior concentrates.** Two numbers per edge summarise $\mathrm{Dir}(\beta_e)$: its total
@@ -106,7 +114,7 @@ plots.plot_edge_statistic(var_history, "concentration", ax=axes[0])
 axes[0].set_title("total concentration per edge")
 plots.plot_edge_statistic(var_history, "entropy", ax=axes[1])
 axes[1].set_title("Dirichlet entropy per edge")
-axes[2].plot([h["epoch"] for h in var_history], [h["nb201"]["cifar10"] for h in var_history], "o-")
+axes[2].plot([h["epoch"] for h in var_history], [h["score"]["cifar10"] for h in var_history], "o-")
 axes[2].set_xlabel("epoch")
 axes[2].set_ylabel("NB201 CIFAR-10 accuracy of the derived cell (%)")
 plt.tight_layout()
@@ -135,6 +143,8 @@ def genotype_from_posterior(beta):
 
 
 vnas.checks.check_genotype_from_posterior(genotype_from_posterior)
+
+# %%
 print(genotype_from_posterior(var_search.posterior.concentration("cell").detach()))
 
 # %% [markdown]
@@ -159,7 +169,7 @@ for c0 in prior_values:
     conc = np.mean(last["edges"]["cell"]["concentration"])
     print(f"c0 = {c0:4.1f}: mean total concentration {conc:7.2f}, mean entropy "
           f"{np.mean(last['edges']['cell']['entropy']):6.2f}, cell {last['genotype']} -> "
-          f"{last['nb201']['cifar10']:.2f}% ({MODE} mode, arch_lr 1e-2, N = {len(s.val_idx)} validation images)")
+          f"{last['score']['cifar10']:.2f}% ({MODE} mode, arch_lr 1e-2, N = {len(s.val_idx)} validation images)")
 fig, ax = plt.subplots(figsize=(6, 3.3))
 for c0, hist in prior_runs.items():
     ax.plot([h["epoch"] for h in hist], [np.mean(h["edges"]["cell"]["concentration"]) for h in hist], "o-",
@@ -178,20 +188,20 @@ plt.show()
 # published results of the full protocols.
 
 # %%
-METHODS = ["darts", "snas", "gdas", "drnas", "variational"]
+COMPARED = ["darts", "snas", "gdas", "drnas", "variational"]
 SEEDS = [0] if MODE == "smoke" else [0, 1, 2]
 if MODE == "smoke":
-    METHODS = ["darts", "variational"]
-comparison = {m: [] for m in METHODS}
+    COMPARED = ["darts", "variational"]
+comparison = {m: [] for m in COMPARED}
 start = time.perf_counter()
-for method in METHODS:
+for method in COMPARED:
     for seed in SEEDS:
         if method == "variational" and seed == nb_cfg.seed:
             hist = var_history  # the run of section 2 is this method's first seed
         else:
             cfg_m = search.load_search_config("nb201", method=method, seed=seed)
             hist = search.Search(cfg_m, dataset=cifar, device=DEVICE, progress=False).fit(log=None)
-        comparison[method].append(hist[-1]["nb201"]["cifar10"])
+        comparison[method].append(hist[-1]["score"]["cifar10"])
     print(f"{method:12s} {np.round(comparison[method], 2)}")
 comparison_seconds = time.perf_counter() - start
 
@@ -210,7 +220,7 @@ print(f"NAS-Bench-201 CIFAR-10 test accuracy of the derived cell, {len(SEEDS)} s
 print(f"{'method':12s} {'ours (mean ± std)':>20s}   published (full protocol)")
 for method, accs in comparison.items():
     print(f"{method:12s} {np.mean(accs):12.2f} ± {np.std(accs):5.2f}   {PUBLISHED[method]}")
-print(f"{'optimum':12s} {spaces.nb201.table_best()[1]['cifar10']:12.2f}")
+print(f"{'optimum':12s} {spaces.nb201_table.table_best()[1]['cifar10']:12.2f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.3))

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from vnas.spaces import nb201  # noqa: E402
+from vnas.spaces import nb201, nb201_table  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "data" / "nb201" / "nats_bench.csv"
 COLUMNS = ("CIFAR10TestAccuracy200Epochs", "CIFAR100TestAccuracy200Epochs", "ImageNetTestAccuracy200Epochs")
@@ -34,7 +34,7 @@ def convert(source: Path, out: Path, check: bool = True) -> str:
     """Write the compact table from the NATS-Bench CSV; return its sha256."""
     with open(source, newline="") as f:
         rows = list(csv.DictReader(f))
-    lines = [["ops", *nb201.DATASETS]]
+    lines = [["ops", *nb201_table.DATASETS]]
     for row in rows:
         ops = nb201.Genotype.parse(row["ArchitectureString"]).ops()
         digits = "".join(str(nb201.PRIMITIVES.index(op)) for op in ops)
@@ -49,8 +49,8 @@ def convert(source: Path, out: Path, check: bool = True) -> str:
 
 def _check(rows: list[list[str]]) -> None:
     """Stop if the table does not reproduce the published figures."""
-    if len(rows) != nb201.TABLE_SIZE or len({r[0] for r in rows}) != nb201.TABLE_SIZE:
-        raise SystemExit(f"expected {nb201.TABLE_SIZE} distinct cells, got {len(rows)}")
+    if len(rows) != nb201_table.TABLE_SIZE or len({r[0] for r in rows}) != nb201_table.TABLE_SIZE:
+        raise SystemExit(f"expected {nb201_table.TABLE_SIZE} distinct cells, got {len(rows)}")
     for col, (name, want) in enumerate(CHECKS.items(), start=1):
         best = max(float(r[col]) for r in rows)
         if best != want:
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=SOURCE, help="the NATS-Bench topology CSV")
-    parser.add_argument("--out", type=Path, default=nb201.TABLE_PATH)
+    parser.add_argument("--out", type=Path, default=nb201_table.TABLE_PATH)
     args = parser.parse_args()
     if not args.source.is_file():
         raise SystemExit(f"{args.source} does not exist; pass --source PATH/TO/nats_bench.csv")

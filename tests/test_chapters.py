@@ -83,3 +83,58 @@ def test_every_chapter_exercise_is_checked_when_stripped(tmp_path):
             assert checks, f"{path.name}: exercise {stub.name} has no vnas.checks call"
             with pytest.raises(vnas.checks.ExerciseError, match="not written yet"):
                 getattr(vnas.checks, checks[0])(namespace[stub.name])
+
+
+def _pointers():
+    """Every "Introduced in chapters/NN_slug.py[, ... Eq. (k) ...]" of the library, whitespace folded."""
+    import re
+
+    from vnas import config
+
+    found = []
+    for path in sorted((config.ROOT / "vnas").rglob("*.py")):
+        text = " ".join(path.read_text().split())
+        for m in re.finditer(r"Introduced in (chapters/[\w.]+?\.py)((?:[^.]|\.\s?\(|\.\d)*)", text):
+            found.append((path.name, m.group(1), m.group(2)))
+    return found
+
+
+def test_every_library_pointer_names_a_chapter_and_an_equation_it_tags():
+    import re
+
+    from vnas import config
+
+    pointers = _pointers()
+    assert len(pointers) > 100  # the library's docstrings end with where they are taught
+    problems = []
+    for where, chapter, rest in pointers:
+        path = config.ROOT / chapter
+        if not path.is_file():
+            problems.append(f"{where}: {chapter} does not exist")
+            continue
+        tags = set(re.findall(r"\\tag\{([\d.]+)\}", path.read_text()))
+        for eq in re.findall(r"\((\d+\.\d+)\)", rest):
+            if eq not in tags:
+                problems.append(f"{where}: {chapter} has no \\tag{{{eq}}}")
+    assert not problems, problems
+
+
+def test_chapters_number_equations_only_with_tag():
+    import re
+
+    for path in book.chapters():
+        display = re.findall(r"\$\$(.*?)\$\$", " ".join(path.read_text().split()))
+        untagged = [d for d in display if re.search(r"\(\d+\.\d+\)\s*$", d)]
+        assert not untagged, f"{path.name} numbers an equation by hand: {untagged[0][-60:]}"
+
+
+def test_book_without_its_optional_dependencies_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from vnas import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbclient" else real(name, *a))
+    assert cli.main(["book", "--only", "00"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nbclient" in err and "pip install -e '.[dev]'" in err

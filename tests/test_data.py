@@ -109,8 +109,11 @@ def test_crop_flip_is_a_shifted_window():
 def test_cutout_mask_square_size():
     gen = torch.Generator().manual_seed(0)
     m = data.cutout_mask(500, 32, 32, 16, gen)
-    holes = (m == 0).sum(dim=(1, 2, 3))
+    holes = m.sum(dim=(1, 2, 3))
+    assert m.dtype == torch.bool and m.shape == (500, 1, 32, 32)
     assert holes.max() == 256 and holes.min() >= 64  # a full 16x16 square, clipped at most to a corner
+    rows, cols = m.any(3), m.any(2)  # a hole is one rectangle: its rows and columns are contiguous runs
+    assert torch.equal(m, rows.unsqueeze(3) & cols.unsqueeze(2))
 
 
 def test_batches_repeat_with_seed_and_epoch():
@@ -128,10 +131,20 @@ def test_batches_repeat_with_seed_and_epoch():
     test = data.Batches(d.x_test, d.y_test, 64, device="cpu", train=False)
     assert len(test) == 8 and sum(len(y) for _, y in test) == 500  # evaluation keeps every image
     xt, _ = next(iter(test))
-    mean = torch.tensor(data.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(data.STD).view(1, 3, 1, 1)
     raw = torch.as_tensor(d.x_test[:64]).permute(0, 3, 1, 2).float() / 255
-    assert torch.allclose(xt, (raw - mean) / std, atol=1e-5)
+    assert torch.equal(xt, raw)  # pixels in [0, 1]: the networks normalise inside
+
+
+def test_cutout_holes_hold_the_mean_pixel_and_the_layout_is_kept():
+    d = data.load_cifar10()
+    b = data.Batches(d.x_train, d.y_train, 64, device="cpu", cutout=16, seed=2, channels_last=True)
+    x, _ = next(iter(b))
+    assert x.is_contiguous(memory_format=torch.channels_last) and 0 <= x.min() and x.max() <= 1
+    mean = torch.tensor(data.MEAN).view(1, 3, 1, 1)
+    in_hole = (x == mean).all(1)  # (n, h, w): every channel at the mean colour
+    assert in_hole.flatten(1).sum(1).min() >= 64  # at least a quarter of each 16x16 square
+    from vnas.ops import Normalise
+    assert torch.all(Normalise()(x).permute(0, 2, 3, 1)[in_hole] == 0)  # holes are 0 after normalising
 
 
 def test_download_only_when_allowed(tmp_path, monkeypatch):

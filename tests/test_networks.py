@@ -1,19 +1,14 @@
-"""Final networks from genotypes: shapes, the auxiliary head, drop-path, and the published sizes."""
+"""Final networks from genotypes: shapes, the auxiliary head, drop-path, pixels in, and the published sizes."""
 
 import pytest
 import torch
 from torch import nn
 
-from vnas import spaces
-from vnas.networks import (
-    DartsCell,
-    DartsNetwork,
-    NB201Network,
-    build_network,
-    count_macs,
-    count_parameters,
-    drop_path,
-)
+from vnas import data, spaces
+from vnas.networks import build_network, count_macs, count_parameters
+from vnas.ops import Normalise, drop_path
+from vnas.spaces.darts_net import DartsCell, DartsNetwork
+from vnas.spaces.nb201_net import NB201Network
 
 NB201_BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
 
@@ -81,13 +76,39 @@ def test_nb201_network_sizes_and_shapes():
     assert small(torch.randn(2, 3, 16, 16)).shape == (2, 3)
 
 
-def test_build_network_picks_the_class_from_the_genotype():
+def test_build_network_picks_the_space_from_the_genotype():
     assert isinstance(build_network(spaces.darts.DARTS_V1, C=4, layers=3), DartsNetwork)
-    assert isinstance(build_network(spaces.nb201.parse(NB201_BEST), C=4, N=1), NB201Network)
+    assert isinstance(build_network(spaces.nb201.parse(NB201_BEST), C=4, layers=1), NB201Network)
     with pytest.raises(ValueError, match="genotype"):
         build_network("sep_conv_3x3")
     with pytest.raises(ValueError, match="drop_path"):
         DartsNetwork(spaces.darts.DARTS_V2, C=4, layers=5, drop_path=1.5)
+    with pytest.raises(ValueError, match="NB201 genotype"):
+        spaces.get_space("nb201").build_network(spaces.darts.DARTS_V2)
+    with pytest.raises(ValueError, match="DARTS genotype"):
+        spaces.get_space("darts").build_network(spaces.nb201.parse(NB201_BEST))
+    with pytest.raises(ValueError, match="no auxiliary head.*auxiliary = false"):
+        spaces.get_space("nb201").build_network(spaces.nb201.parse(NB201_BEST), auxiliary=True)
+    with pytest.raises(ValueError, match="at least 3 cells"):
+        spaces.get_space("darts").build_supernet(C=4, layers=2)
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_every_network_takes_pixels_and_normalises_first(space):
+    """Normalisation is the first module, so a model sees pixels in [0, 1] (attacks perturb those)."""
+    sp = spaces.get_space(space)
+    genotype = sp.random_genotype(torch.Generator().manual_seed(0))
+    for net in (sp.build_network(genotype, C=4, layers=3 if space == "darts" else 1, auxiliary=False, drop_path=0.0),
+                sp.build_supernet(C=4, layers=3 if space == "darts" else 1)):
+        first = next(net.children())
+        assert isinstance(first, Normalise)
+        assert not any("mean255" in k or "std255" in k for k in net.state_dict())  # not saved, follows .to()
+    x = torch.rand(5, 3, 4, 4)
+    manual = (x - torch.tensor(data.MEAN).view(1, 3, 1, 1)) / torch.tensor(data.STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(Normalise()(x), manual)
+    k = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    uint8_way = (k - torch.tensor(data.MEAN).view(1, 3, 1, 1) * 255) / (torch.tensor(data.STD).view(1, 3, 1, 1) * 255)
+    assert torch.equal(Normalise()(k / 255), uint8_way)  # bit for bit what normalising the uint8 images gave
 
 
 def test_count_macs_by_hand():

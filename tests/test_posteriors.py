@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from vnas import objectives, spaces
 from vnas.posteriors import (
     METHODS,
     Concrete,
@@ -21,6 +22,7 @@ from vnas.posteriors import (
 
 Z = 4.5  # standard errors allowed in statistical checks
 SPACES = {"darts": (("normal", "reduce"), 14, 8), "nb201": (("cell",), 6, 5)}
+LEARNED = [m for m, entry in METHODS.items() if entry.trained]
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +97,7 @@ def test_rsample_gradient_matches_finite_differences_of_exact_expectation():
 
 
 def test_posterior_samples_match_dirichlet_moments():
-    q = Dirichlet(("cell",), 2, 3, param="softplus")
+    q = Dirichlet(("cell",), 2, 3, param="softplus")  # any shape, as the exact bridge of chapter 04 needs
     with torch.no_grad():
         q.alphas["cell"].copy_(torch.tensor([[0.5, 1.0, 2.0], [-1.0, 0.0, 3.0]]))
     n = 20_000
@@ -109,8 +111,8 @@ def test_posterior_samples_match_dirichlet_moments():
     assert torch.all((x.var(0) - var).abs() < Z * var_se + 1e-9)
 
 
-def test_dirichlet_mean_entropy_log_prob_and_regulariser():
-    q = build_posterior("variational", ("normal", "reduce"), 3, 4, c0=0.5, kl_scale=2.0)
+def test_dirichlet_mean_entropy_log_prob_and_structure_kl():
+    q = Dirichlet(("normal", "reduce"), 3, 4, regularise="kl", c0=0.5, kl_scale=2.0)
     with torch.no_grad():
         for a in q.alphas.values():
             a.normal_()
@@ -122,15 +124,21 @@ def test_dirichlet_mean_entropy_log_prob_and_regulariser():
         torch.testing.assert_close(torch.tensor(stats[c]["entropy"]), dist.entropy())
         torch.testing.assert_close(torch.tensor(stats[c]["concentration"]), beta.sum(-1))
         torch.testing.assert_close(q.mean()[c], beta / beta.sum(-1, keepdim=True))
-        w = q.sample()
-        torch.testing.assert_close(q.log_prob(w)[c], dist.log_prob(w[c]))
+        theta = q.sample()
+        torch.testing.assert_close(q.log_prob(theta)[c], dist.log_prob(theta[c]))
         prior = torch.distributions.Dirichlet(torch.full_like(beta, 0.5))
+        torch.testing.assert_close(q.structure_kl()[c], torch.distributions.kl_divergence(dist, prior))
         total_kl += torch.distributions.kl_divergence(dist, prior)
-    reg = q.regulariser(num_data=100)
-    torch.testing.assert_close(reg, 2.0 * total_kl.sum() / 100)
-    reg.backward()
+    terms = objectives.architecture_terms(q, torch.tensor(1.5), num_data=100)
+    torch.testing.assert_close(terms["structure_kl"], total_kl.sum())
+    l2 = 0.5 * 1e-3 * sum((a.detach() ** 2).sum() for a in q.alphas.values())
+    torch.testing.assert_close(terms["l2_alpha"], l2)
+    torch.testing.assert_close(terms["objective"], 1.5 + 2.0 * total_kl.sum() / 100 + l2)  # kl_scale = 2
+    terms["penalty"].backward()
     assert all(a.grad.abs().sum() > 0 for a in q.alphas.values())
-    assert build_posterior("drnas", ("cell",), 3, 4).regulariser(10).item() == 0.0
+    drnas = build_posterior("drnas", "nb201")
+    assert drnas.structure_kl() is None and objectives.structure_kl(drnas).item() == 0.0
+    assert isinstance(drnas.kl()["cell"], torch.Tensor)  # the KL is there; drnas' objective leaves it out
 
 
 # --- Gumbel: Concrete and straight-through ---------------------------------------------------------
@@ -160,18 +168,18 @@ def test_generator_makes_samples_reproducible():
     assert torch.equal(a, b)
     for method in METHODS:
         torch.manual_seed(3)
-        first = build_posterior(method, ("cell",), 6, 5).sample()["cell"]
+        first = build_posterior(method, "nb201").sample()["cell"]
         torch.manual_seed(3)
-        assert torch.equal(first, build_posterior(method, ("cell",), 6, 5).sample()["cell"]), method
+        assert torch.equal(first, build_posterior(method, "nb201").sample()["cell"]), method
 
 
 def test_hard_gumbel_is_exactly_one_hot_with_soft_gradients():
     q = HardGumbel(("normal", "reduce"), 14, 8, tau0=1.0)
-    w = q.sample()
-    for x in w.values():
+    theta = q.sample()
+    for x in theta.values():
         assert torch.all((x == 0.0) | (x == 1.0)) and torch.all((x == 1.0).sum(-1) == 1)
     cost = torch.randn(8)
-    sum((x * cost).sum() for x in w.values()).backward()
+    sum((x * cost).sum() for x in theta.values()).backward()
     assert all(torch.all(a.grad.abs().sum(-1) > 0) for a in q.alphas.values())
 
 
@@ -196,72 +204,130 @@ def test_set_progress_anneals_as_documented():
 @pytest.mark.parametrize("method", METHODS)
 def test_interface_shapes_for_both_spaces(method, space):
     cell_types, E, n_ops = SPACES[space]
-    q = build_posterior(method, cell_types, E, n_ops)
-    assert sorted(name for name, _ in q.named_parameters()) == sorted(f"alphas.{c}" for c in cell_types)
+    q = build_posterior(method, space)
+    trained = METHODS[method].trained
+    assert q.trained == trained
+    names = sorted(name for name, _ in q.named_parameters())
+    assert names == (sorted(f"alphas.{c}" for c in cell_types) if trained else [])
     q.set_progress(3, 10)
-    for weights in (q.sample(), q.mean()):
-        assert set(weights) == set(cell_types)
-        for w in weights.values():
-            assert w.shape == (E, n_ops) and torch.all(w >= 0)
-            torch.testing.assert_close(w.sum(-1), torch.ones(E))
-    loss = sum(w.square().sum() for w in q.sample().values()) + q.regulariser(num_data=1000)
-    loss.backward()
-    assert all(a.grad is not None for a in q.alphas.values())
+    for theta in (q.sample(), q.mean()):
+        assert set(theta) == set(cell_types)
+        for t in theta.values():
+            assert t.shape == (E, n_ops) and torch.all(t >= 0)
+            if trained:  # a baseline's one-hot rows of unused DARTS edges are all zero
+                torch.testing.assert_close(t.sum(-1), torch.ones(E))
+    if q.sparse:  # exact zeros the supernet may skip
+        assert all(torch.any(t == 0) for t in q.sample().values())
+    terms = objectives.architecture_terms(q, torch.tensor(2.0), num_data=1000)
+    assert set(terms) >= {"nll", "structure_kl", "weight_kl", "penalty", "objective", *q.regularisers()}
+    if trained:
+        loss = sum(t.square().sum() for t in q.sample().values()) + terms["penalty"]
+        loss.backward()
+        assert all(a.grad is not None for a in q.alphas.values())
+        assert "l2_alpha" in terms
+        assert bool(q.valid())
     stats = q.edge_stats()
     for c in cell_types:
         assert torch.tensor(stats[c]["mean"]).shape == (E, n_ops) and len(stats[c]["entropy"]) == E
-        assert (stats[c]["concentration"] is None) == (method in ("darts", "snas", "gdas"))
+        assert (stats[c]["concentration"] is None) == (method not in ("drnas", "variational"))
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_random_ws_keeps_the_best_cell_it_is_shown_and_saves_it(space):
+    """The distribution never sees a supernet: end_epoch ranks its candidates by the score it is handed."""
+    sp = spaces.get_space(space)
+    q = build_posterior("random_ws", space, candidates=6)
+    assert not q.trained and q.searched and q.sparse and list(q.parameters()) == []
+    seen = []
+
+    def skips(theta):
+        return float(theta[sp.cell_types[0]][:, sp.ops.index("skip_connect")].sum())
+
+    def score(theta):  # prefers cells with many skip connections; records what it saw
+        seen.append(sp.derive(theta))
+        return skips(theta)
+
+    q.end_epoch(score)
+    assert len(seen) == 6
+    best = max(seen, key=lambda g: skips(sp.one_hot(g)))
+    assert sp.derive(q.mean()) == best
+    state = q.state_dict()
+    other = build_posterior("random_ws", space, generator=torch.Generator().manual_seed(99), candidates=6)
+    other.load_state_dict(state)
+    assert sp.derive(other.mean()) == best
+    assert sp.derive(other.sample()) == sp.derive(q.sample())  # the generator state travels too
+    random = build_posterior("random", space)
+    assert not random.searched and sp.derive(random.sample()) == sp.derive(random.mean())
 
 
 def test_check_finite_names_cell_type_and_edge():
-    q = build_posterior("drnas", ("normal", "reduce"), 14, 8)
+    q = build_posterior("drnas", "darts")
     q.check_finite()
+    assert bool(q.valid())
     with torch.no_grad():
         q.alphas["reduce"][2, 1] = float("nan")
+    assert not bool(q.valid())
     with pytest.raises(FloatingPointError, match=r"'reduce', edge 2\b"):
         q.check_finite()
-    q = build_posterior("drnas", ("cell",), 6, 5)
+    q = build_posterior("drnas", "nb201")
     with torch.no_grad():
         q.alphas["cell"][4, 0] = -1e4  # elu(-1e4) + 1 == 0: a concentration that is not > 0
+    assert not bool(q.valid())  # the sample itself stays finite: torch clamps it, so valid() must say so
+    assert torch.isfinite(q.sample()["cell"]).all()
     with pytest.raises(FloatingPointError, match="concentration.*edge 4"):
         q.check_finite()
 
 
 def test_build_posterior_errors_are_clear():
-    with pytest.raises(ValueError, match="darts") as err:
-        build_posterior("dart", ("cell",), 6, 5)
+    with pytest.raises(ValueError, match="Did you mean 'darts'") as err:
+        build_posterior("dart", "nb201")
     assert all(m in str(err.value) for m in METHODS)
     with pytest.raises(ValueError, match="tau.*valid options") as err:
-        build_posterior("darts", ("cell",), 6, 5, tau=1.0)
-    with pytest.raises(ValueError, match="regularise") as err:
-        build_posterior("variational", ("cell",), 6, 5, regularise="none")
+        build_posterior("darts", "nb201", tau=1.0)
+    with pytest.raises(ValueError, match="regularise"):
+        build_posterior("variational", "nb201", regularise="none")
+    with pytest.raises(ValueError, match="valid options: none"):
+        build_posterior("random", "nb201", c0=1.0)
+    with pytest.raises(ValueError, match="candidates"):
+        build_posterior("random_ws", "nb201", candidates=0)
+    with pytest.raises(ValueError, match="nb202"):
+        build_posterior("darts", "nb202")
     for method, option in (("variational", "c0"), ("drnas", "c0"), ("snas", "tau0"), ("gdas", "tau_min")):
         for bad in (0.0, -1.0):
             with pytest.raises(ValueError, match="> 0"):
-                build_posterior(method, ("cell",), 6, 5, **{option: bad})
+                build_posterior(method, "nb201", **{option: bad})
+    for method in LEARNED:
+        with pytest.raises(ValueError, match="l2.*>= 0"):
+            build_posterior(method, "nb201", l2=-1e-3)
+    with pytest.raises(ValueError, match="kl_scale.*>= 0"):
+        build_posterior("variational", "nb201", kl_scale=-1.0)
     with pytest.raises(ValueError, match="> 0"):
         gumbel_softmax_sample(torch.zeros(3), tau=0.0)
     with pytest.raises(ValueError, match="cell_types"):
-        build_posterior("darts", "cell", 6, 5)
+        Dirichlet("cell", 6, 5)
     with pytest.raises(ValueError, match="num_ops"):
-        build_posterior("darts", ("cell",), 6, 1)
+        Dirichlet(("cell",), 6, 1)
     with pytest.raises(ValueError, match="param"):
-        build_posterior("drnas", ("cell",), 6, 5, param="exp")
+        build_posterior("drnas", "nb201", param="exp")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", METHODS)
 def test_follows_parameter_device(method):
-    q = build_posterior(method, ("cell",), 6, 5, generator=torch.Generator().manual_seed(0)).cuda()
-    w = q.sample()["cell"]
-    assert w.is_cuda
-    (w.sum() + q.regulariser(10)).backward()
+    q = build_posterior(method, "nb201").cuda()
+    theta = q.sample()["cell"]
+    assert theta.is_cuda and q.mean()["cell"].is_cuda
+    if q.trained:
+        (theta.sum() + objectives.architecture_terms(q, theta.sum(), 10)["penalty"]).backward()
     assert q.edge_stats()["cell"]["mean"]
 
 
-def test_dirichlet_sample_with_bad_concentration_names_the_edge():
-    q = build_posterior("variational", ("normal", "reduce"), 14, 8)
+def test_dirichlet_sampling_never_validates_in_the_hot_path():
+    q = build_posterior("variational", "darts")
+    assert q._dist(q.alphas["normal"])._validate_args is False
     with torch.no_grad():
         q.alphas["normal"][7, 3] = float("nan")
+    q.sample()  # no exception and no host read: the search's finite watch reports it
+    assert not bool(q.valid())
     with pytest.raises(FloatingPointError, match="'normal', edge 7"):
-        q.sample()
+        q.check_finite()

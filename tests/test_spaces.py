@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vnas.config import DATA_DIR
-from vnas.spaces import SPACES, darts, get_space, load_genotype, nb201, space_of
+from vnas.spaces import SPACES, darts, get_space, load_genotype, nb201, nb201_table, space_of
 
 # Published text of the DARTS (2nd order) cell, as printed in the DARTS repository's genotypes.py.
 DARTS_V2_TEXT = (
@@ -239,15 +239,15 @@ def test_derive_of_softmax_weights_is_valid_and_never_none():
 
 @pytest.mark.parametrize("weights, message", [
     ({"normal": torch.ones(14, 8)}, r"cell types \['normal'\]; expected exactly normal, reduce"),
-    ({"normal": torch.ones(14, 7), "reduce": torch.ones(14, 8)}, r"weights\['normal'\] has shape \[14, 7\]"),
+    ({"normal": torch.ones(14, 7), "reduce": torch.ones(14, 8)}, r"theta\['normal'\] has shape \[14, 7\]"),
     ({"normal": -torch.ones(14, 8), "reduce": torch.ones(14, 8)},
-     r"weights\['normal'\] must be .*non-negative"),
+     r"theta\['normal'\] must be .*non-negative"),
     (torch.ones(14, 8), "must be a dict"),
 ])
-def test_derive_rejects_bad_weights(weights, message):
+def test_derive_rejects_bad_theta(weights, message):
     with pytest.raises(ValueError, match=message):
         darts.derive(weights)
-    with pytest.raises(ValueError, match=r"NB201 weights\['cell'\] has shape \[6, 4\]"):
+    with pytest.raises(ValueError, match=r"NB201 theta\['cell'\] has shape \[6, 4\]"):
         nb201.derive({"cell": torch.ones(6, 4)})
 
 
@@ -274,21 +274,21 @@ def test_one_hot_refuses_the_other_space():
 def test_table_reproduces_the_published_optima():
     # Published in NAS-Bench-201 (Dong & Yang, 2020): best test accuracies on the three datasets.
     for dataset, published in [("cifar10", 94.37), ("cifar100", 73.51), ("imagenet16", 47.31)]:
-        g, acc = nb201.table_best(dataset)
+        g, acc = nb201_table.table_best(dataset)
         assert acc[dataset] == pytest.approx(published, abs=0.005)
-        assert nb201.table_accuracy(g) == acc and nb201.table_accuracy(str(g)) == acc
-        assert all(nb201.table_accuracy(nb201.random_genotype(torch.Generator().manual_seed(s)))[dataset]
+        assert nb201_table.table_accuracy(g) == acc and nb201_table.table_accuracy(str(g)) == acc
+        assert all(nb201_table.table_accuracy(nb201.random_genotype(torch.Generator().manual_seed(s)))[dataset]
                    <= acc[dataset] for s in range(20))
 
 
 def test_all_skip_cell_scores_the_published_darts_collapse():
     g = nb201.Genotype.from_ops(["skip_connect"] * 6)
     assert str(g) == ALL_SKIP
-    assert nb201.table_accuracy(g)["cifar10"] == pytest.approx(54.30, abs=0.005)
+    assert nb201_table.table_accuracy(g)["cifar10"] == pytest.approx(54.30, abs=0.005)
     with pytest.raises(ValueError, match="table_accuracy needs an NB201 Genotype"):
-        nb201.table_accuracy(darts.DARTS_V2)
+        nb201_table.table_accuracy(darts.DARTS_V2)
     with pytest.raises(ValueError, match="Unknown dataset 'imagenet'"):
-        nb201.table_best("imagenet")
+        nb201_table.table_best("imagenet")
 
 
 @pytest.mark.skipif(not SOURCE.is_file(), reason="the NATS-Bench source CSV is not on this machine")
@@ -296,25 +296,25 @@ def test_table_agrees_with_its_source():
     with open(SOURCE, newline="") as f:
         rows = list(csv.DictReader(f))
     for i in torch.randint(len(rows), (30,), generator=torch.Generator().manual_seed(7)).tolist():
-        acc = nb201.table_accuracy(nb201.parse(rows[i]["ArchitectureString"]))
+        acc = nb201_table.table_accuracy(nb201.parse(rows[i]["ArchitectureString"]))
         assert acc["cifar100"] == pytest.approx(float(rows[i]["CIFAR100TestAccuracy200Epochs"]), abs=0.005)
 
 
 def test_readme_checksum_matches_the_shipped_table():
     readme = (DATA_DIR / "README.md").read_text().split("## nb201 table", 1)[1]
     digest = re.search(r"sha256: `([0-9a-f]{64})`", readme).group(1)
-    assert hashlib.sha256(nb201.TABLE_PATH.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(nb201_table.TABLE_PATH.read_bytes()).hexdigest() == digest
 
 
 def test_missing_or_damaged_table_says_how_to_rebuild(tmp_path):
-    with pytest.raises(nb201.TableError, match=r"missing.*make_nb201_table.py"):
-        nb201.load_table(tmp_path / "none.csv")
-    lines = nb201.TABLE_PATH.read_text().splitlines()
+    with pytest.raises(nb201_table.TableError, match=r"missing.*make_nb201_table.py"):
+        nb201_table.load_table(tmp_path / "none.csv")
+    lines = nb201_table.TABLE_PATH.read_text().splitlines()
     for name, text in [("short.csv", lines[:100]), ("bad.csv", lines[:5] + ["93x111,1,2,3"] + lines[6:]),
                        ("header.csv", ["ops,c10"] + lines[1:])]:
         (tmp_path / name).write_text("\n".join(text) + "\n")
         with pytest.raises(ValueError, match=r"(damaged|distinct cells).*make_nb201_table.py"):
-            nb201.load_table(tmp_path / name)
+            nb201_table.load_table(tmp_path / name)
 
 
 def test_make_script_converts_rows(tmp_path):

@@ -1,8 +1,5 @@
-"""Operations and search supernets: the mixed op is DARTS Eq. (1), skipped ops really are skipped,
-gradients reach what they should, and the fast paths compute the same function as the plain ones."""
-
-import sys
-from pathlib import Path
+"""Operations and search supernets: the mixed op is Eq. (2.2), skipped ops really are skipped, gradients
+reach what they should, and the fused path computes the same function as the plain equation."""
 
 import pytest
 import torch
@@ -10,8 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vnas import ops, spaces
-from vnas.networks import DartsNetwork, NB201Network
-from vnas.supernet import DartsSupernet, MixedOp, NB201Supernet, build_supernet, channel_shuffle, scaled_bn
+from vnas.spaces.darts_net import DartsNetwork, DartsSupernet
+from vnas.spaces.nb201_net import NB201Network, NB201Supernet
+from vnas.supernet import FixedArchitecture, MixedOp, active_ops, channel_shuffle, scaled_bn
+
+
+def build_supernet(space, **kw):
+    return spaces.get_space(space).build_supernet(**kw)
 
 DARTS_OPS = spaces.darts.PRIMITIVES
 NB201_OPS = spaces.nb201.PRIMITIVES
@@ -23,7 +25,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def _softmax_weights(net, requires_grad=False):
+def _softmax_theta(net, requires_grad=False):
     return {k: torch.softmax(torch.randn(*s, dtype=torch.float64), -1).requires_grad_(requires_grad)
             for k, s in net.shapes.items()}
 
@@ -125,6 +127,18 @@ def test_mixed_op_is_the_weighted_sum_of_its_ops(primitives, pool_bn, stride):
     torch.testing.assert_close(m(x, w), expected)
 
 
+def test_without_active_every_op_but_none_runs():
+    m = MixedOp(4, 1, DARTS_OPS).double()
+    leaves = [[mod for mod in op.modules() if not list(mod.children())] for op in m.ops]
+    counts, handles = _count_calls([mod for group in leaves for mod in group])
+    m(torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.zeros(len(DARTS_OPS), dtype=torch.float64))
+    for h in handles:
+        h.remove()
+    sizes = [len(group) for group in leaves]
+    ran = [any(counts[sum(sizes[:o]):sum(sizes[:o + 1])]) for o in range(len(DARTS_OPS))]
+    assert ran == [name != "none" for name in DARTS_OPS]
+
+
 def test_one_hot_weights_give_exactly_one_op_and_run_only_it():
     m = MixedOp(4, 1, DARTS_OPS).double()
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
@@ -134,7 +148,7 @@ def test_one_hot_weights_give_exactly_one_op_and_run_only_it():
         w = torch.zeros(len(DARTS_OPS), dtype=torch.float64)
         w[o] = 1.0
         counts, handles = _count_calls(flat)
-        out = m(x, w)
+        out = m(x, w, active_ops({"e": w[None]}, DARTS_OPS)["e"][0])
         for h in handles:
             h.remove()
         ran = {id(mod) for mod, n in zip(flat, counts, strict=True) if n}
@@ -156,7 +170,7 @@ def test_zero_weights_are_skipped_but_straight_through_gradients_flow():
     w = hard - soft.detach() + soft  # GDAS: one-hot value, softmax gradient
     convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
     counts, handles = _count_calls(convs)
-    out = m(x, w)
+    out = m(x, w, active_ops({"e": w[None]}, DARTS_OPS)["e"][0])
     for h in handles:
         h.remove()
     assert sum(counts) == 4  # sep_conv_3x3: two depthwise + two pointwise convs, nothing else
@@ -184,12 +198,12 @@ def test_partial_channels_mix_a_slice_and_shuffle():
 
 @pytest.mark.parametrize("space,kw", [("darts", dict(C=4, layers=3)),
                                       ("darts", dict(C=4, layers=3, partial_channels=2)),
-                                      ("nb201", dict(C=4, N=1)),
-                                      ("nb201", dict(C=4, N=1, partial_channels=2))],
+                                      ("nb201", dict(C=4, layers=1)),
+                                      ("nb201", dict(C=4, layers=1, partial_channels=2))],
                          ids=["darts", "darts-pc", "nb201", "nb201-pc"])
 def test_supernet_shapes_and_gradients(space, kw):
     net = build_supernet(space, num_classes=7, **kw).double()
-    w = _softmax_weights(net, requires_grad=True)
+    w = _softmax_theta(net, requires_grad=True)
     logits = net(torch.randn(2, 3, 16, 16, dtype=torch.float64), w)
     assert logits.shape == (2, 7)
     logits.square().sum().backward()
@@ -206,21 +220,82 @@ def test_supernet_shapes_and_gradients(space, kw):
         assert first.C_op == 2 and convs and all(c.in_channels == 2 for c in convs)
 
 
-def test_supernet_matches_the_plain_darts_reference():
-    """Same function as benchmarks/reference_darts.py (the original model_search.py structure)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    try:
-        import supernet as bench
-    finally:
-        sys.path.pop(0)
-    for space, kw in (("darts", dict(C=4, layers=3)), ("nb201", dict(C=4, N=1))):
-        assert bench.check_same_function(space, kw, 8) < 1e-10
+def _run_both_paths(net, theta, x, active=None):
+    """Logits and gradients (w.r.t. theta and the weights) of the fused path and of the plain equation."""
+    out = {}
+    for fused in (True, False):
+        net.fused = fused
+        assert net.fused == fused
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+        logits = net(x, leaves, active if fused else None)
+        params = list(net.parameters())
+        grads = torch.autograd.grad(logits.square().sum(), list(leaves.values()) + params, allow_unused=True)
+        out[fused] = (logits.detach(), grads[:len(leaves)], grads[len(leaves):])
+    net.fused = True
+    return out[True], out[False]
+
+
+@pytest.mark.parametrize("space,kw", [("darts", dict(C=4, layers=3)),
+                                      ("darts", dict(C=4, layers=3, partial_channels=2)),
+                                      ("nb201", dict(C=4, layers=2)),
+                                      ("nb201", dict(C=4, layers=1, partial_channels=2))],
+                         ids=["darts", "darts-pc", "nb201", "nb201-pc"])
+def test_fused_path_is_the_plain_equation(space, kw):
+    """For dense θ: same logits and the same gradients w.r.t. θ and every weight (float64, train-mode BN)."""
+    net = build_supernet(space, **kw).double().to(memory_format=torch.channels_last)
+    theta = _softmax_theta(net)
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    (lf, tf, wf), (lp, tp, wp) = _run_both_paths(net, theta, x)
+    torch.testing.assert_close(lf, lp, rtol=1e-10, atol=1e-12)
+    for a, b in zip(tf + wf, tp + wp, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_path_skips_zero_weights_and_drops_only_their_gradient():
+    """A one-hot θ with ``active``: same logits and weight gradients; θ's gradient agrees on the ops that ran,
+    and is 0 on the skipped ones (the plain path gives them <dL/dout, o(x)>)."""
+    space = spaces.get_space("nb201")
+    net = build_supernet("nb201", C=4, layers=1).double()
+    genotype = space.random_genotype(torch.Generator().manual_seed(3))
+    theta = {k: v.double() for k, v in space.one_hot(genotype).items()}
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    (lf, tf, wf), (lp, tp, wp) = _run_both_paths(net, theta, x, net.active(theta))
+    torch.testing.assert_close(lf, lp, rtol=1e-10, atol=1e-12)
+    ran = theta["cell"] != 0
+    torch.testing.assert_close(tf[0][ran], tp[0][ran])
+    assert torch.all(tf[0][~ran] == 0) and torch.any(tp[0][~ran] != 0)
+    for a, b in zip(wf, wp, strict=True):  # weights of skipped ops: no gradient (fused) or a zero one (plain)
+        if a is None:
+            assert b is None or torch.all(b == 0)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_active_reads_theta_once_and_fixed_architecture_is_a_model():
+    net = build_supernet("nb201", C=4, layers=1)
+    theta = {"cell": torch.zeros(6, 5)}
+    theta["cell"][1:, 3] = 1.0
+    theta["cell"][0, 0] = 1.0  # 'none' never runs, whatever its weight
+    active = net.active(theta)
+    assert active["cell"][0] == [False] * 5
+    assert all(row == [False, False, False, True, False] for row in active["cell"][1:])
+    model = net.at(theta, active)
+    assert isinstance(model, FixedArchitecture) and model.supernet is net
+    x = torch.rand(2, 3, 8, 8)
+    net.eval()
+    torch.testing.assert_close(model(x), net(x, theta, active))
+    model.train()
+    assert net.training  # one set of weights, one mode
+    with pytest.raises(ValueError, match=r"expected \(6, 5\)"):
+        net.at({"cell": torch.zeros(5, 6)})
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_darts_supernet_channels_last_is_the_same_function(layout):
     net = DartsSupernet(C=4, layers=3).double()
-    w = _softmax_weights(net)
+    w = _softmax_theta(net)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     a = net(x, w)
     if layout == "channels_last":
@@ -243,7 +318,7 @@ def test_wrong_weights_raise_clear_errors():
     with pytest.raises(ValueError, match=r"expected \(8,\)"):
         MixedOp(4, 1, DARTS_OPS)(torch.randn(1, 4, 4, 4), torch.ones(5))
     with pytest.raises(ValueError, match="darts, nb201"):
-        build_supernet("enas")
+        spaces.get_space("enas")
 
 
 def _conv_calls(model, *args):
@@ -260,16 +335,20 @@ def test_one_hot_genotype_runs_what_the_final_network_runs():
     for genotype in (spaces.darts.DARTS_V2, spaces.darts.DARTS_V1):
         supernet = DartsSupernet(C=4, layers=5)
         final = DartsNetwork(genotype, C=4, layers=5, auxiliary=False)
-        assert _conv_calls(supernet, x, spaces.darts.one_hot(genotype)) == _conv_calls(final, x)
+        theta = spaces.darts.one_hot(genotype)
+        assert _conv_calls(supernet, x, theta, supernet.active(theta)) == _conv_calls(final, x)
     genotype = spaces.nb201.Genotype.from_ops(["nor_conv_3x3", "none", "skip_connect",
                                                "nor_conv_1x1", "avg_pool_3x3", "nor_conv_3x3"])
     supernet, final = NB201Supernet(C=4, N=2), NB201Network(genotype, C=4, N=2)
-    assert _conv_calls(supernet, x, spaces.nb201.one_hot(genotype)) == _conv_calls(final, x)
+    theta = spaces.nb201.one_hot(genotype)
+    assert _conv_calls(supernet, x, theta, supernet.active(theta)) == _conv_calls(final, x)
 
 
 def test_a_node_with_only_none_is_zero():
     net = NB201Supernet(C=4, N=1).double()
-    w = torch.zeros(6, 5, dtype=torch.float64)
-    w[:, 0] = 1.0  # every edge `none`: every cell outputs zeros, the network still runs
-    out = net(torch.randn(2, 3, 8, 8, dtype=torch.float64), {"cell": w})
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    theta = torch.zeros(6, 5, dtype=torch.float64)
+    theta[:, 0] = 1.0  # every edge `none`: every cell outputs zeros, the network still runs
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    for active in (None, net.active({"cell": theta})):
+        out = net(x, {"cell": theta}, active)
+        assert out.shape == (2, 10) and torch.isfinite(out).all()

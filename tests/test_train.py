@@ -10,7 +10,7 @@ def test_configs_resolve_for_both_spaces():
     full = train.load_train_config("DARTS_V2", run_mode="full")
     assert (full.layers, full.channels, full.epochs, full.batch_size, full.cutout, full.auxiliary_weight,
             full.drop_path) == (20, 36, 600, 96, 16, 0.4, 0.2)
-    best, _ = spaces.nb201.table_best()
+    best, _ = spaces.nb201_table.table_best()
     nb = train.load_train_config(str(best), run_mode="full")
     assert (nb.layers, nb.channels) == (5, 16)
     for m in config.MODES:

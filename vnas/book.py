@@ -24,6 +24,20 @@ class ChapterError(RuntimeError):
     """A chapter that failed to execute; the message names the chapter and the cell."""
 
 
+# what executing and rendering chapters needs beyond vnas itself: the `dev` extra of pyproject.toml
+BOOK_MODULES = ("nbclient", "nbformat", "nbconvert", "ipykernel")
+
+
+def require_book_modules() -> None:
+    """Raise ChapterError saying what to install when a module that executing chapters needs is missing."""
+    import importlib.util
+
+    missing = [m for m in BOOK_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ChapterError(f"Executing chapters needs {', '.join(missing)}, which this environment lacks. Install "
+                           "the dev extra: `pip install -e '.[dev]'` (or `make book`, which sets it up).")
+
+
 @dataclass
 class ChapterRun:
     path: Path
@@ -82,6 +96,7 @@ def execute(path: Path, timeout: int = 600, env: dict | None = None) -> ChapterR
 
     ``env`` entries (e.g. ``{"VNAS_MODE": "smoke"}``) reach the kernel through the environment.
     """
+    require_book_modules()
     import jupytext
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -128,6 +143,7 @@ def build(out: Path, timeout: int = 3600, only: list[str] | None = None) -> list
     """Execute every chapter (or those whose names contain one of ``only``) and write the executed
     notebooks and an HTML site with an index page into ``out``. A failing chapter is still written
     (with its error) before the build stops, so the reader can see where it broke."""
+    require_book_modules()
     import nbformat
     from nbconvert import HTMLExporter
 

@@ -1,7 +1,7 @@
 """The command line: ``python -m vnas COMMAND``. Every command runs the same code as the chapters.
 
     python -m vnas search --space darts|nb201 --method M [--config FILE] [--mode M] [--seed N] --out DIR
-    python -m vnas resume DIR
+    python -m vnas resume DIR [--trust-checkpoint]
     python -m vnas derive DIR
     python -m vnas train --genotype FILE|NAME [--config FILE] --out DIR
     python -m vnas describe --genotype FILE|NAME [--config FILE]
@@ -48,7 +48,7 @@ def _resume(args) -> int:
 
     kind = runs.RunDir(Path(args.dir)).read_json("config.json").get("kind")
     module = train if kind == "train" else search
-    job = module.resume(Path(args.dir))
+    job = module.resume(Path(args.dir), trust_checkpoint=args.trust_checkpoint)
     print(f"resuming {args.dir} after epoch {job.epoch} of {job.cfg.epochs}")
     job.fit()
     if kind != "train":
@@ -85,10 +85,9 @@ def _describe(args) -> int:
     _set_mode(args)
     cfg = train.load_train_config(args.genotype, Path(args.config) if args.config else None)
     genotype = spaces.load_genotype(args.genotype)
-    model = networks.build_network(genotype, num_classes=10, **train.network_kwargs(cfg, genotype))
+    model = train.build_network(cfg, genotype)
     print(f"genotype: {genotype}")
-    depth = "cells" if spaces.space_of(genotype).name == "darts" else "cells per stage"
-    print(f"network: {cfg.layers} {depth}, C={cfg.channels} (mode {config.mode()})")
+    print(f"network: {cfg.layers} {spaces.space_of(genotype).depth}, C={cfg.channels} (mode {config.mode()})")
     print(f"parameters: {networks.count_parameters(model) / 1e6:.3f} M without the auxiliary head, "
           f"{networks.count_parameters(model, include_auxiliary=True) / 1e6:.3f} M with it")
     print(f"multiply-adds: {networks.count_macs(model) / 1e6:.1f} M per 32x32 image")
@@ -96,13 +95,14 @@ def _describe(args) -> int:
 
 
 def _nb201(args) -> int:
-    from vnas.spaces import load_genotype, nb201
+    from vnas import spaces
 
-    genotype = load_genotype(args.genotype)
-    if not isinstance(genotype, nb201.Genotype):
-        raise ValueError(f"{args.genotype!r} is not a NAS-Bench-201 cell; give a string like "
+    genotype = spaces.load_genotype(args.genotype)
+    acc = spaces.space_of(genotype).score(genotype)
+    if acc is None:
+        raise ValueError(f"{args.genotype!r} is not a NAS-Bench-201 cell (only NB201 cells have a table of trained "
+                         "accuracies); give a string like "
                          "'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'.")
-    acc = nb201.table_accuracy(genotype)
     print(f"{genotype}\nNAS-Bench-201 test accuracy (200 epochs, mean over seeds; NATS-Bench table):")
     for name, value in acc.items():
         print(f"  {name:11s} {value:6.2f} %")
@@ -125,8 +125,18 @@ def _assignments(args) -> int:
     return 0
 
 
+def _run_options(p: argparse.ArgumentParser, config_help: str) -> None:
+    """The options every command that starts a run folder takes."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--mode", help="smoke | quick | full (default: VNAS_MODE, else quick)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--out", required=True, help="the run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+
 def parser() -> argparse.ArgumentParser:
-    from vnas.search import METHODS
+    from vnas.posteriors import METHODS
 
     p = argparse.ArgumentParser(prog="python -m vnas", description="Bayesian neural architecture search (vnas).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -134,16 +144,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search a cell; writes a run folder")
     s.add_argument("--space", required=True, help="darts | nb201")
     s.add_argument("--method", required=True, help=" | ".join(METHODS))
-    s.add_argument("--config", help="a TOML file overriding configs/search_<space>.toml")
-    s.add_argument("--mode", help="smoke | quick | full (default: VNAS_MODE, else quick)")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--out", required=True, help="the run folder to create")
-    s.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _run_options(s, "a TOML file overriding configs/search_<space>.toml")
     s.set_defaults(run=_search)
 
     r = sub.add_parser("resume", help="continue a killed search or training run")
     r.add_argument("dir")
+    r.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that safe loading refuses (only one you wrote yourself: it can run code)")
     r.set_defaults(run=_resume)
 
     d = sub.add_parser("derive", help="print a run's genotype")
@@ -152,12 +159,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a final network from a genotype; writes a run folder")
     t.add_argument("--genotype", required=True, help="DARTS_V1 | DARTS_V2 | a genotype.json | a genotype string")
-    t.add_argument("--config", help="a TOML file overriding configs/train_<space>.toml")
-    t.add_argument("--mode")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--out", required=True)
-    t.add_argument("--overwrite", action="store_true")
+    _run_options(t, "a TOML file overriding configs/train_<space>.toml")
     t.set_defaults(run=_train)
 
     x = sub.add_parser("describe", help="parameters and multiply-adds of a genotype's final network")

@@ -18,7 +18,8 @@ import torch
 from vnas import config
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# Published per-channel statistics of the official training set (used to normalise).
+# Published per-channel statistics of the official training set: every network's first module
+# (vnas.ops.Normalise) normalises with them, and cutout fills its holes with the mean pixel.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 TINY = config.DATA_DIR / "cifar10_tiny.npz"
@@ -207,9 +208,10 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: b
 
 
 def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator, device=None) -> torch.Tensor:
-    """A (n, 1, h, w) float mask that zeroes one size x size square per image, centred anywhere
-    (clipped at the border), as in DeVries & Taylor (2017). Applied after normalisation, so holes hold
-    the mean colour. Introduced in chapters/00_welcome.py.
+    """A (n, 1, h, w) boolean mask, True inside one size x size square per image, centred anywhere
+    (clipped at the border), as in DeVries & Taylor (2017). ``Batches`` fills the holes with the mean
+    pixel, so that after the network's normalisation they are 0, as in the original (which cuts after
+    normalising). Introduced in chapters/00_welcome.py.
     """
     cy = torch.randint(0, h, (n, 1, 1), device=device, generator=generator)
     cx = torch.randint(0, w, (n, 1, 1), device=device, generator=generator)
@@ -217,14 +219,15 @@ def cutout_mask(n: int, h: int, w: int, size: int, generator: torch.Generator, d
     xs = torch.arange(w, device=device).view(1, 1, w)
     top, left = cy - size // 2, cx - size // 2
     hole = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return (~hole).unsqueeze(1).float()
+    return hole.unsqueeze(1)
 
 
 class Batches:
-    """Shuffled, augmented, normalised batches from images that live on the device as one uint8 tensor.
+    """Shuffled, augmented batches of pixels from images that live on the device as one uint8 tensor.
 
     ``set_epoch(k)`` reseeds from (seed, k) so a resumed run sees the same batches as an uninterrupted one.
-    Yields ``(x, y)``: x float32 NCHW (channels_last memory when asked), y int64.
+    Yields ``(x, y)``: x float32 NCHW pixels in [0, 1] (channels_last memory when asked), y int64. Models
+    normalise inside (their first module), so that attacks and calibration work on pixels.
     Introduced in chapters/00_welcome.py.
     """
 
@@ -240,8 +243,7 @@ class Batches:
         self.batch_size, self.train, self.cutout, self.seed = batch_size, train, cutout, seed
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
-        self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
+        self.mean_pixel = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
 
@@ -252,8 +254,9 @@ class Batches:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def normalise(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-        x = (x_uint8_nhwc.permute(0, 3, 1, 2).float() - self.mean) / self.std
+    def to_pixels(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> float32 NCHW in [0, 1], in the memory layout the models use."""
+        x = x_uint8_nhwc.permute(0, 3, 1, 2).float() / 255
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
     def __iter__(self):
@@ -264,9 +267,10 @@ class Batches:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx]
             if self.train:
-                x = self.normalise(crop_flip(x, self.generator))
+                x = self.to_pixels(crop_flip(x, self.generator))
                 if self.cutout:
-                    x = x * cutout_mask(len(x), 32, 32, self.cutout, self.generator, self.device)
+                    hole = cutout_mask(len(x), 32, 32, self.cutout, self.generator, self.device)
+                    x = torch.where(hole, self.mean_pixel, x)
             else:
-                x = self.normalise(x)
+                x = self.to_pixels(x)
             yield x, self.y[idx]

@@ -1,28 +1,198 @@
-"""The bilevel objective of DARTS and its architecture step, first and second order.
+"""The objective of every search and training step, written like the ELBO, term by term.
 
-    min_alpha  L_val(w*(alpha), alpha)   s.t.  w*(alpha) = argmin_w L_train(w, alpha)        (DARTS Eq. 3-4)
+Chapter 01's bound (1.5), divided by the number N of data points and negated, is the per-datum
+objective that every step here minimises (chapter 04, Eq. (4.2)):
 
-The architecture enters the supernet only through the mixing weights m = m(alpha) (a softmax, or a
-Gumbel / Dirichlet sample). So every gradient is first taken with respect to m and then pushed back to
-alpha through m: the same code serves DARTS, SNAS, GDAS, DrNAS and the variational method.
+    objective = nll + kl_weight · (structure_kl + weight_kl) / N + Σ_k regulariser_k
+
+- ``nll``: the expected negative log-likelihood per datum, estimated with one sample of θ per step
+  (``expected_nll``; the likelihood is a parameter: categorical for images, Gaussian for regression);
+- ``structure_kl``: Σ_e KL(q(θ_e) || p(θ_e)), for methods whose objective has a prior on θ (0 otherwise);
+- ``weight_kl``: KL(q(w) || p(w)), 0 for point weights;
+- ``kl_weight``: 1 is the ELBO; any other value is a temperature, and is named as one;
+- ``penalty``: everything but the data terms (the KLs over N and the regularisers);
+- regularisers: every other penalty, each a named term and never an optimiser option: DARTS' L2 on α
+  (``l2_alpha``), the weights' L2 (``l2_w``, λ/2 ||w||², what SGD's weight decay λ adds to the gradient),
+  the auxiliary head's loss of the final DARTS network.
+``per_datum_objective`` returns every term separately, with their sum under "objective", so that the
+search and the trainer can log each one.
+
+The bilevel part: the architecture's NLL is measured on the validation half at weights trained on the
+other half. Its gradient with respect to θ is taken first or second order (DARTS Eqs. 6-8; chapter 02,
+Eqs. (2.5)-(2.7)) and reaches the distribution's parameters through θ by the chain rule (``pullback``).
 Introduced in chapters/02_darts.py.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# --- likelihoods ----------------------------------------------------------------------------------
 
-def loss_on(supernet: nn.Module, mix: dict[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Cross-entropy of the supernet with mixing weights ``mix`` on one batch. Introduced in chapters/02_darts.py."""
+
+class Categorical:
+    """p(y | f) = softmax(f)_y for logits f: the negative log-likelihood is the cross-entropy.
+
+    Introduced in chapters/02_darts.py."""
+
+    def nll(self, f: Tensor, y: Tensor) -> Tensor:
+        """-log p(y | f), averaged over the batch."""
+        return F.cross_entropy(f, y)
+
+    def __repr__(self):
+        return "Categorical()"
+
+
+class Gaussian:
+    """p(y | f) = N(y; f, σ²) for each output: -log p = (y - f)² / (2σ²) + log σ + ½ log 2π, summed over the
+    outputs of a datum. Introduced in chapters/01_bayesian_model_selection.py, Eq. (1.6)."""
+
+    def __init__(self, sigma: float):
+        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not 0 < sigma < math.inf:
+            raise ValueError(f"sigma (the noise standard deviation) must be a finite number > 0, got {sigma!r}.")
+        self.sigma = float(sigma)
+
+    def nll(self, f: Tensor, y: Tensor) -> Tensor:
+        """-log p(y | f), summed over each datum's outputs and averaged over the batch."""
+        per_output = 0.5 * ((y - f) / self.sigma) ** 2 + math.log(self.sigma) + 0.5 * math.log(2 * math.pi)
+        return per_output.reshape(len(y), -1).sum(-1).mean()
+
+    def __repr__(self):
+        return f"Gaussian(sigma={self.sigma})"
+
+
+CATEGORICAL = Categorical()
+
+
+def expected_nll(f: Tensor, y: Tensor, likelihood=CATEGORICAL) -> Tensor:
+    """The NLL term: -log p(y | f) per datum, averaged over the batch, where f is the model's output for one
+    sample of θ (and of w): a one-sample Monte Carlo estimate of E_q[-log p(y | w, θ)].
+
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2)."""
+    return likelihood.nll(f, y)
+
+
+# --- the KL terms -----------------------------------------------------------------------------------
+
+def structure_kl(posterior) -> Tensor:
+    """Σ over cell types and edges of KL(q(θ_e) || p(θ_e)), in nats; 0 for a method without a prior term.
+
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2)."""
+    per_edge = posterior.structure_kl()
+    if per_edge is None:
+        return torch.zeros((), device=posterior.device)
+    return sum(kl.sum() for kl in per_edge.values())
+
+
+def weight_kl(model: nn.Module) -> Tensor:
+    """KL(q(w) || p(w)), in nats: the sum of ``weight_kl()`` over the model's variational layers; 0 for a
+    network of point weights (every network of chapters 02-04).
+
+    Introduced in chapters/01_bayesian_model_selection.py, Eq. (1.5)."""
+    p = next(model.parameters(), None)
+    total = torch.zeros((), device=p.device if p is not None else None)
+    for module in model.modules():
+        if hasattr(type(module), "weight_kl"):  # on the class: cheap for the thousand modules of a supernet
+            total = total + module.weight_kl()
+    return total
+
+
+# --- named regularisers -------------------------------------------------------------------------------
+
+class _HalfSquaredNorm(torch.autograd.Function):
+    """½ Σ_i ||p_i||² of many tensors, with fused multi-tensor kernels (a network has hundreds of weight
+    tensors; one kernel per tensor would cost more than the term). Its gradient is p_i."""
+
+    @staticmethod
+    def forward(ctx, *params):
+        ctx.save_for_backward(*params)
+        return 0.5 * torch.stack(torch._foreach_norm(params)).square().sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(torch._foreach_mul(ctx.saved_tensors, g))
+
+
+def l2(params, coefficient: float) -> Tensor:
+    """The L2 term coefficient/2 · Σ ||p||² (its gradient, coefficient · p, is what an optimiser's weight decay
+    adds). Introduced in chapters/02_darts.py, Eq. (2.8)."""
+    params = [p for p in params if p.requires_grad]
+    if not params or coefficient == 0:
+        return torch.zeros((), device=params[0].device if params else None)
+    return coefficient * _HalfSquaredNorm.apply(*params)
+
+
+# --- the objective ----------------------------------------------------------------------------------------
+
+def per_datum_objective(nll: Tensor, num_data: int, structure_kl: Tensor | None = None,
+                        weight_kl: Tensor | None = None, kl_weight: float = 1.0, auxiliary: Tensor | None = None,
+                        **regularisers: Tensor) -> dict[str, Tensor]:
+    """The terms of -ELBO / N plus the named regularisers, and their sum:
+
+        objective = nll [+ auxiliary] + penalty,
+        penalty   = kl_weight · (structure_kl + weight_kl) / num_data + Σ regularisers
+
+    ``auxiliary`` is a second data term (the auxiliary head's weighted NLL); the penalty is everything that
+    needs no data, so a step can clip the data term's gradient alone, as DARTS does (its weight decay is
+    added after clipping). Returns {"nll", ["auxiliary"], "structure_kl", "weight_kl", <each regulariser>,
+    "penalty", "objective"} (0-d tensors; the KLs in nats, unscaled).
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2).
+    """
+    if not isinstance(num_data, int) or isinstance(num_data, bool) or num_data < 1:
+        raise ValueError(f"num_data must be an integer >= 1 (the data points the likelihood sums over), got "
+                         f"{num_data!r}.")
+    if not isinstance(kl_weight, (int, float)) or not 0 <= kl_weight < math.inf:
+        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}.")
+    zero = torch.zeros((), device=nll.device, dtype=nll.dtype)
+    terms = {"nll": nll}
+    if auxiliary is not None:
+        terms["auxiliary"] = auxiliary
+    terms["structure_kl"] = zero if structure_kl is None else structure_kl
+    terms["weight_kl"] = zero if weight_kl is None else weight_kl
+    terms.update(regularisers)
+    penalty = kl_weight * (terms["structure_kl"] + terms["weight_kl"]) / num_data
+    for value in regularisers.values():
+        penalty = penalty + value
+    terms["penalty"] = penalty
+    terms["objective"] = (nll if auxiliary is None else nll + auxiliary) + penalty
+    return terms
+
+
+def architecture_terms(posterior, nll: Tensor, num_data: int) -> dict[str, Tensor]:
+    """The architecture step's objective, Eq. (4.2): the NLL of the validation half, the structure KL over
+    N = ``num_data`` validation points (weighted by the method's ``kl_weight``), and the method's
+    regularisers (e.g. ``l2_alpha``). Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2).
+    """
+    return per_datum_objective(nll, num_data, structure_kl=structure_kl(posterior), kl_weight=posterior.kl_weight,
+                               **posterior.regularisers())
+
+
+def weight_terms(nll: Tensor, num_data: int, weights, weight_decay: float, weight_kl: Tensor | None = None,
+                 auxiliary: Tensor | None = None, **regularisers: Tensor) -> dict[str, Tensor]:
+    """The weight step's objective, Eq. (2.8): the NLL of the training half (and an auxiliary head's), the
+    weight KL over its ``num_data`` points, and the L2 term ``l2_w`` = weight_decay/2 · Σ ||w||² of the
+    tensors ``weights`` (the point-weight stand-in for a Gaussian prior). Introduced in chapters/02_darts.py,
+    Eq. (2.8).
+    """
+    return per_datum_objective(nll, num_data, weight_kl=weight_kl, auxiliary=auxiliary,
+                               l2_w=l2(weights, weight_decay), **regularisers)
+
+
+# --- the architecture gradient of the bilevel problem ---------------------------------------------------
+
+def loss_on(supernet: nn.Module, theta: dict[str, Tensor], batch: tuple[Tensor, Tensor], active=None,
+            likelihood=CATEGORICAL) -> Tensor:
+    """The NLL of the supernet with mixing weights ``theta`` on one batch. Introduced in chapters/02_darts.py."""
     x, y = batch
-    return F.cross_entropy(supernet(x, mix), y)
+    return expected_nll(supernet(x, theta, active), y, likelihood)
 
 
-def _leaves(mix: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().requires_grad_() for k, v in mix.items()}
+def _leaves(theta: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().requires_grad_() for k, v in theta.items()}
 
 
 def _grad(loss: Tensor, inputs: list[Tensor]) -> list[Tensor]:
@@ -32,99 +202,86 @@ def _grad(loss: Tensor, inputs: list[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
 
 
-def first_order_gradient(supernet, mix, val_batch) -> tuple[dict[str, Tensor], Tensor]:
-    """dL_val(w, m)/dm with the weights held fixed (DARTS first order, xi = 0).
+def first_order_gradient(supernet, theta, val_batch, active=None, likelihood=CATEGORICAL
+                         ) -> tuple[dict[str, Tensor], Tensor]:
+    """∂NLL_val(w, θ)/∂θ with the weights held fixed (DARTS first order, ξ = 0), and the NLL.
 
     Introduced in chapters/02_darts.py, Eq. (2.5).
     """
-    m = _leaves(mix)
-    loss = loss_on(supernet, m, val_batch)
-    return dict(zip(m, _grad(loss, list(m.values())), strict=True)), loss.detach()
+    t = _leaves(theta)
+    nll = loss_on(supernet, t, val_batch, active, likelihood)
+    return dict(zip(t, _grad(nll, list(t.values())), strict=True)), nll.detach()
 
 
-def second_order_gradient(supernet, mix, train_batch, val_batch, xi: float,
-                          fd_scale: float = 0.01) -> tuple[dict[str, Tensor], Tensor]:
-    """dL_val(w', m)/dm - xi * d2L_train(w, m)/dm dw . dL_val(w', m)/dw'  with  w' = w - xi dL_train(w, m)/dw.
+def second_order_gradient(supernet, theta, train_batch, val_batch, xi: float, fd_scale: float = 0.01, active=None,
+                          likelihood=CATEGORICAL) -> tuple[dict[str, Tensor], Tensor]:
+    """∂L_val(w', θ)/∂θ - ξ ∂²L_train(w, θ)/∂θ∂w · ∂L_val(w', θ)/∂w'  with  w' = w - ξ ∂L_train(w, θ)/∂w.
 
-    The Hessian-vector product is a central difference (DARTS Eq. 7-8):
-        [dL_train(w+, m)/dm - dL_train(w-, m)/dm] / (2 eps),  w+- = w +- eps v,  eps = fd_scale / ||v||
-    with DARTS' fd_scale = 0.01. In a ReLU network dL/dm jumps wherever a unit crosses zero, so a step of
+    The Hessian-vector product is a central difference (DARTS Eq. 8):
+        [∂L_train(w+, θ)/∂θ - ∂L_train(w-, θ)/∂θ] / (2 eps),  w+- = w +- eps v,  eps = fd_scale / ||v||
+    with DARTS' fd_scale = 0.01. In a ReLU network ∂L/∂θ jumps wherever a unit crosses zero, so a step of
     that size measures an average slope across kinks rather than the derivative at w; a tiny fd_scale (in
-    float64) recovers the derivative itself. The supernet's weights are restored before returning.
-    Introduced in chapters/02_darts.py, Eq. (2.6)-(2.8).
+    float64) recovers the derivative itself. The virtual step, like the rest of this function, leaves out the
+    weights' L2 and momentum. The supernet's weights are restored before returning.
+    Introduced in chapters/02_darts.py, Eqs. (2.6)-(2.7).
     """
     params = [p for p in supernet.parameters() if p.requires_grad]
     w = [p.detach().clone() for p in params]
-    m = _leaves(mix)
+    t = _leaves(theta)
 
     def set_weights(values):
         with torch.no_grad():
             for p, v in zip(params, values, strict=True):
                 p.copy_(v)
 
+    def loss(batch):
+        return loss_on(supernet, t, batch, active, likelihood)
+
     try:
-        g_train = _grad(loss_on(supernet, m, train_batch), params)
+        g_train = _grad(loss(train_batch), params)
         set_weights([wi - xi * gi for wi, gi in zip(w, g_train, strict=True)])  # the virtual step w'
-        loss = loss_on(supernet, m, val_batch)
-        grads = _grad(loss, list(m.values()) + params)
-        dm, v = grads[:len(m)], grads[len(m):]
+        nll = loss(val_batch)
+        grads = _grad(nll, list(t.values()) + params)
+        dtheta, v = grads[:len(t)], grads[len(t):]
         eps = fd_scale / torch.sqrt(sum((vi * vi).sum() for vi in v)).clamp_min(1e-12)
         hvp_parts = []
         for sign in (1.0, -1.0):
             set_weights([wi + sign * eps * vi for wi, vi in zip(w, v, strict=True)])
-            hvp_parts.append(_grad(loss_on(supernet, m, train_batch), list(m.values())))
+            hvp_parts.append(_grad(loss(train_batch), list(t.values())))
         hvp = [(gp - gn) / (2 * eps) for gp, gn in zip(*hvp_parts, strict=True)]
     finally:
         set_weights(w)
-    return {k: d - xi * h for k, d, h in zip(m, dm, hvp, strict=True)}, loss.detach()
+    return {k: d - xi * h for k, d, h in zip(t, dtheta, hvp, strict=True)}, nll.detach()
 
 
-def exact_second_order_gradient(supernet, mix, train_batch, val_batch, xi: float) -> dict[str, Tensor]:
+def exact_second_order_gradient(supernet, theta, train_batch, val_batch, xi: float, likelihood=CATEGORICAL
+                                ) -> dict[str, Tensor]:
     """The same hypergradient by double backward (no finite differences): for tests and for chapter 02.
 
-    Introduced in chapters/02_darts.py.
+    Introduced in chapters/02_darts.py, Eq. (2.6).
     """
     from torch.func import functional_call
 
     names = [n for n, p in supernet.named_parameters() if p.requires_grad]
     w = {n: p for n, p in supernet.named_parameters() if p.requires_grad}
-    m = _leaves(mix)
+    t = _leaves(theta)
     x_t, y_t = train_batch
-    g = torch.autograd.grad(F.cross_entropy(functional_call(supernet, w, (x_t, m)), y_t), [w[n] for n in names],
-                            create_graph=True)
+    g = torch.autograd.grad(expected_nll(functional_call(supernet, w, (x_t, t)), y_t, likelihood),
+                            [w[n] for n in names], create_graph=True)
     w_prime = {n: w[n] - xi * gi for n, gi in zip(names, g, strict=True)}
     x_v, y_v = val_batch
-    loss = F.cross_entropy(functional_call(supernet, w_prime, (x_v, m)), y_v)
-    return dict(zip(m, torch.autograd.grad(loss, list(m.values())), strict=True))
+    nll = expected_nll(functional_call(supernet, w_prime, (x_v, t)), y_v, likelihood)
+    return dict(zip(t, torch.autograd.grad(nll, list(t.values())), strict=True))
 
 
-class Architect:
-    """The architecture step: Adam on the distribution's parameters, with the DARTS defaults
-    (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3: for DrNAS this weight decay is its L2 regulariser).
+def pullback(theta: dict[str, Tensor], grad_theta: dict[str, Tensor]) -> Tensor:
+    """Σ_k <θ_k, g_k> with g = ∂NLL/∂θ held fixed: a scalar whose gradient with respect to the
+    distribution's parameters α is g · ∂θ/∂α, the chain rule through the sample θ(α).
 
-    The loss is L_val + regulariser(num_data): for the variational method the regulariser is
-    KL(q(alpha) || p(alpha)) / N, so the step maximises the ELBO per data point.
-    Introduced in chapters/02_darts.py.
-    """
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2)."""
+    return sum((theta[k] * grad_theta[k].detach()).sum() for k in theta)
 
-    def __init__(self, supernet: nn.Module, posterior: nn.Module, num_data: int, order: str = "first",
-                 lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3):
-        if order not in ("first", "second"):
-            raise ValueError(f"order={order!r}: use 'first' or 'second'.")
-        self.supernet, self.posterior, self.num_data, self.order = supernet, posterior, num_data, order
-        self.optimizer = torch.optim.Adam(posterior.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
 
-    def step(self, train_batch, val_batch, xi: float) -> Tensor:
-        """One architecture update; returns the validation loss it saw."""
-        self.optimizer.zero_grad(set_to_none=True)
-        mix = self.posterior.sample()  # one sample per edge, shared by the whole step
-        if self.order == "first":
-            grads, loss = first_order_gradient(self.supernet, mix, val_batch)
-        else:
-            grads, loss = second_order_gradient(self.supernet, mix, train_batch, val_batch, xi)
-        total = sum((mix[k] * grads[k]).sum() for k in mix)  # pushes dL/dm back through m(alpha)
-        total = total + self.posterior.regulariser(self.num_data)
-        total.backward()
-        self.supernet.zero_grad(set_to_none=True)
-        self.optimizer.step()
-        return loss
+__all__ = ["CATEGORICAL", "Categorical", "Gaussian", "architecture_terms", "exact_second_order_gradient",
+           "expected_nll", "first_order_gradient", "l2", "loss_on", "per_datum_objective", "pullback",
+           "second_order_gradient", "structure_kl", "weight_kl", "weight_terms"]

@@ -16,6 +16,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vnas.data import MEAN, STD
+
+
+class Normalise(nn.Module):
+    """The first module of every network: pixels x in [0, 1] -> (x - mean) / std per channel.
+
+    Inside the network, so that attacks and calibration work on pixels (a perturbation's size is measured
+    in pixel units) and every network, supernets included, takes the same input. ``mean`` and ``std``
+    (CIFAR-10's published statistics by default) are buffers that follow ``.to(device)`` but are not saved
+    in the state dict. Introduced in chapters/00_welcome.py.
+    """
+
+    def __init__(self, mean=MEAN, std=STD):
+        super().__init__()
+        self.mean, self.std = tuple(mean), tuple(std)
+        # in the 0..255 units of the stored images: for pixels k / 255, (255 x - 255 mean) / (255 std) is,
+        # bit for bit, what normalising the uint8 images gives (255 * (k / 255) == k exactly in float32)
+        self.register_buffer("mean255", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std255", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def forward(self, x):
+        return (x * 255 - self.mean255) / self.std255
+
+    def extra_repr(self):
+        return f"mean={list(self.mean)}, std={list(self.std)}"
+
+
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero the whole output of an op for a random fraction ``p`` of the examples and scale the rest by
+    1 / (1 - p), so the expectation is unchanged (DARTS' regulariser for retraining).
+
+    Introduced in chapters/02_darts.py.
+    """
+    if p <= 0.0:
+        return x
+    keep = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
 
 class PreReLU(nn.Sequential):
     """Layers that start with a ReLU: ``forward(x) = layers(relu(x))``.
@@ -226,5 +264,5 @@ def make_op(name: str, C: int, stride: int = 1, affine: bool = True) -> nn.Modul
     return OPS[name](C, stride, affine)
 
 
-__all__ = ["OPS", "DepthwiseConv2d", "DilConv", "FactorizedReduce", "PreReLU", "ReLUConvBN",
-           "ResNetBasicBlock", "SepConv", "Zero", "make_op"]
+__all__ = ["OPS", "DepthwiseConv2d", "DilConv", "FactorizedReduce", "Normalise", "PreReLU", "ReLUConvBN",
+           "ResNetBasicBlock", "SepConv", "Zero", "drop_path", "make_op"]

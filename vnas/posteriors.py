@@ -1,12 +1,20 @@
-"""Distributions over each edge's simplex of operation weights: one interface for DARTS, SNAS, GDAS,
-DrNAS and the course's variational method.
+"""Every method as a distribution q(θ) over each edge's mixing weights θ_e (a point of the simplex over
+the edge's ops): DARTS, SNAS, GDAS, DrNAS, the course's variational method, and the baselines.
 
 An architecture of a cell space is, per cell type ("normal"/"reduce" in DARTS, "cell" in NB201), a
-matrix of E edges x O ops. An ``ArchDistribution`` holds the architecture parameters alpha (one
-[E, O] ``nn.Parameter`` per cell type) and turns them into the supernet's mixing weights:
-``sample()`` for a forward pass during search, ``mean()`` for deriving the genotype, and
-``regulariser(num_data)`` for the architecture loss.
+matrix θ of E edges x O ops. An ``ArchDistribution`` turns its parameters into θ: ``sample()`` for a
+forward pass during search, ``mean()`` for deriving the genotype. It also says what the search needs to
+know about it, so that the search loop never asks which method it runs:
+- ``trained``: whether it has parameters α that an architecture step learns by gradient;
+- ``searched``: whether a search can change it at all (``random`` is one draw, nothing is searched);
+- ``sparse``: whether its samples hold exact zeros, so that the supernet can skip those ops;
+- ``structure_kl()``: the per-edge KL(q(θ_e) || p(θ_e)) when its objective has a prior term, else None;
+  ``kl_weight`` multiplies it (1 is the ELBO; anything else is a temperature);
+- ``regularisers()``: its named penalty terms, e.g. DARTS' L2 on α;
+- ``end_epoch(score)``: a hook after every epoch, handed a function θ -> score (random search keeps its
+  best cell that way, without ever seeing the supernet).
 
+``METHODS`` is the one registry of methods; ``build_posterior(method, space)`` builds one.
 Place in the flow: spaces -> **posteriors** -> supernet -> objectives -> search.
 Introduced in chapters/03_stochastic_relaxations.py.
 """
@@ -14,20 +22,30 @@ Introduced in chapters/03_stochastic_relaxations.py.
 from __future__ import annotations
 
 import difflib
+import json
 import math
-from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ArchDistribution", "Softmax", "Concrete", "HardGumbel", "Dirichlet", "METHODS",
-           "build_posterior", "dirichlet_kl", "gumbel_softmax_sample"]
+from vnas import spaces
+
+__all__ = ["ArchDistribution", "Learned", "Softmax", "Concrete", "HardGumbel", "Dirichlet", "UniformCells",
+           "RandomCell", "METHODS", "Method", "build_posterior", "dirichlet_kl", "gumbel_softmax_sample"]
 
 
 def _positive(name: str, value) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def _non_negative(name: str, value) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
     return float(value)
 
 
@@ -57,19 +75,21 @@ def gumbel_softmax_sample(logits: Tensor, tau: float, generator: torch.Generator
     return y_hard + (y_soft - y_soft.detach())
 
 
-def dirichlet_kl(beta: Tensor, c0: float | Tensor) -> Tensor:
+def dirichlet_kl(beta: Tensor, c0: float | Tensor, validate: bool = True) -> Tensor:
     """KL(Dir(beta) || Dir(c0)) per edge (last dim = ops), in closed form:
 
     KL = log G(b0) - sum_k log G(b_k) - log G(c_0) + sum_k log G(c_k) + sum_k (b_k - c_k)(psi(b_k) - psi(b0)),
     with b0 = sum_k b_k, c_0 = sum_k c_k; a float ``c0`` means the symmetric prior c_k = c0.
+    ``validate=False`` skips the checks that read the tensors back to the host (the search's hot path,
+    where a bad value shows up as a non-finite objective instead).
     Introduced in chapters/03_stochastic_relaxations.py, Eq. (3.9).
     """
     if not torch.is_tensor(beta) or beta.dim() == 0:
         raise ValueError("beta must be a tensor whose last dimension holds the ops' concentrations.")
-    if not bool((beta > 0).all()):
+    if validate and not bool((beta > 0).all()):
         raise ValueError("beta (the posterior concentration) must be > 0 everywhere.")
     if torch.is_tensor(c0):
-        if not bool((c0 > 0).all()):
+        if validate and not bool((c0 > 0).all()):
             raise ValueError("c0 (the prior concentration) must be > 0 everywhere.")
         c = c0.to(beta).expand_as(beta)
     else:
@@ -80,14 +100,18 @@ def dirichlet_kl(beta: Tensor, c0: float | Tensor) -> Tensor:
 
 
 class ArchDistribution(nn.Module):
-    """Base class: architecture parameters alpha[cell_type] of shape [E, O], initialised 1e-3 * randn.
+    """q(θ): a distribution over the mixing weights θ[cell_type] ([E, O], rows on the simplex).
 
-    Subclasses define ``_sample(alpha)`` and ``_mean(alpha)`` for one cell type's [E, O] matrix.
+    Subclasses define ``sample()`` and ``mean()``; the rest has defaults (see the module docstring).
     Introduced in chapters/03_stochastic_relaxations.py.
     """
 
-    def __init__(self, cell_types: tuple[str, ...], num_edges: int, num_ops: int,
-                 generator: torch.Generator | None = None):
+    trained = True  # an architecture step learns its parameters by gradient
+    searched = True  # a search can change it (False: a fixed draw; nothing is searched)
+    sparse = False  # samples hold exact zeros: pass supernet.active(theta) to skip those ops
+    kl_weight = 1.0  # weight of the structure KL in the objective: 1 is the ELBO, anything else a temperature
+
+    def __init__(self, cell_types: tuple[str, ...], num_edges: int, num_ops: int):
         super().__init__()
         if isinstance(cell_types, str) or not cell_types or not all(isinstance(c, str) for c in cell_types):
             raise ValueError(f"cell_types must be a non-empty tuple of names such as ('normal', 'reduce'), "
@@ -98,28 +122,34 @@ class ArchDistribution(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
         self.cell_types, self.num_edges, self.num_ops = tuple(cell_types), num_edges, num_ops
-        self.generator, self.progress = generator, 0.0
-        self.alphas = nn.ParameterDict({
-            c: nn.Parameter(1e-3 * torch.randn(num_edges, num_ops, generator=generator)) for c in cell_types})
+        self.progress = 0.0
+        # an empty buffer that follows .to(device): distributions without parameters put their samples there
+        self.register_buffer("_where", torch.empty(0), persistent=False)
 
-    def _sample(self, alpha: Tensor) -> Tensor:
-        raise NotImplementedError
+    @classmethod
+    def for_space(cls, space, generator: torch.Generator | None = None, **options) -> ArchDistribution:
+        """The distribution for a search space (anything with ``cell_types``, ``num_edges``, ``num_ops``)."""
+        return cls(space.cell_types, space.num_edges, space.num_ops, generator, **options)
 
-    def _mean(self, alpha: Tensor) -> Tensor:
-        raise NotImplementedError
+    @property
+    def device(self) -> torch.device:
+        return self._where.device
 
     def sample(self) -> dict[str, Tensor]:
-        """Mixing weights [E, O] per cell type for one forward pass, differentiable w.r.t. alpha."""
-        return {c: self._sample(a) for c, a in self.alphas.items()}
+        """Mixing weights θ [E, O] per cell type for one forward pass (differentiable w.r.t. the parameters)."""
+        raise NotImplementedError
 
     def mean(self) -> dict[str, Tensor]:
-        """The point weights [E, O] per cell type used to derive a genotype."""
-        return {c: self._mean(a) for c, a in self.alphas.items()}
+        """The point weights θ [E, O] per cell type from which the genotype is derived."""
+        raise NotImplementedError
 
-    def regulariser(self, num_data: int) -> Tensor:
-        """Term added to the architecture loss; 0 for methods without one."""
-        _positive("num_data", num_data)
-        return self.alphas[self.cell_types[0]].new_zeros(())
+    def structure_kl(self) -> dict[str, Tensor] | None:
+        """KL(q(θ_e) || p(θ_e)) [E] per cell type, or None when the method's objective has no prior term."""
+        return None
+
+    def regularisers(self) -> dict[str, Tensor]:
+        """Named penalty terms (0-d tensors) added to the per-datum architecture objective."""
+        return {}
 
     def set_progress(self, epoch: int, epochs: int) -> None:
         """Tell the distribution where the search is (0 <= epoch <= epochs); progress runs 0 -> 1 and
@@ -130,31 +160,86 @@ class ArchDistribution(nn.Module):
                              f"got epoch={epoch!r}, epochs={epochs!r}.")
         self.progress = min(1.0, epoch / max(epochs - 1, 1))
 
-    def _entropy(self, alpha: Tensor) -> Tensor:
-        p = self._mean(alpha)
+    def end_epoch(self, score: Callable[[dict[str, Tensor]], float]) -> None:
+        """Called after every epoch with ``score(theta)`` (higher is better); nothing by default."""
+
+    def scalars(self) -> dict[str, float]:
+        """Scalars worth recording per epoch (e.g. a temperature)."""
+        return {}
+
+    def _entropy(self, cell_type: str) -> Tensor:
+        """Entropy [E] in nats of the categorical mean (Dirichlet methods: of Dir(β))."""
+        p = self.mean()[cell_type]
         return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
 
-    def _concentration(self, alpha: Tensor) -> Tensor | None:
+    def _concentration(self, cell_type: str) -> Tensor | None:
         return None
 
     @torch.no_grad()
     def edge_stats(self) -> dict[str, dict[str, list]]:
         """Per cell type: "mean" [E][O]; "concentration" [E] (sum of beta, or None for non-Dirichlet methods);
-        "entropy" [E] in nats: of the categorical mean(alpha) for point and Gumbel methods, the differential
-        entropy of Dir(beta) for Dirichlet methods (it can be negative)."""
-        stats = {}
-        for c, a in self.alphas.items():
-            conc = self._concentration(a)
-            stats[c] = {"mean": self._mean(a).cpu().tolist(),
+        "entropy" [E] in nats: of the categorical mean for point and Gumbel methods, the differential
+        entropy of Dir(beta) for Dirichlet methods (it can be negative). Read once per epoch."""
+        stats, mean = {}, self.mean()
+        for c in self.cell_types:
+            conc = self._concentration(c)
+            stats[c] = {"mean": mean[c].cpu().tolist(),
                         "concentration": None if conc is None else conc.sum(-1).cpu().tolist(),
-                        "entropy": self._entropy(a).cpu().tolist()}
+                        "entropy": self._entropy(c).cpu().tolist()}
         return stats
+
+    def valid(self) -> Tensor:
+        """A 0-d boolean tensor on the device, True when the parameters can be used (checked every step
+        without reading back to the host; ``check_finite`` then says what is wrong)."""
+        return torch.ones((), dtype=torch.bool, device=self.device)
 
     @torch.no_grad()
     def check_finite(self) -> None:
-        """Raise FloatingPointError naming the cell type and edge whose alpha (or concentration) is bad."""
+        """Raise FloatingPointError naming the cell type and edge whose parameters are not finite (scans
+        every edge: for error messages, not for every step)."""
+
+
+class Learned(ArchDistribution):
+    """A distribution with architecture parameters α[cell_type] of shape [E, O], initialised 1e-3 * randn
+    (DARTS), and DARTS' L2 on them as a named term, l2/2 · Σ ||α||² (Adam's weight_decay=l2 in the DARTS
+    code, 1e-3; the same value in SNAS, GDAS and DrNAS).
+
+    Subclasses define ``_sample(alpha)`` and ``_mean(alpha)`` for one cell type's [E, O] matrix.
+    Introduced in chapters/03_stochastic_relaxations.py.
+    """
+
+    def __init__(self, cell_types, num_edges, num_ops, generator: torch.Generator | None = None, l2: float = 1e-3):
+        super().__init__(cell_types, num_edges, num_ops)
+        self.generator, self.l2 = generator, _non_negative("l2 (the L2 coefficient on alpha)", l2)
+        self.alphas = nn.ParameterDict({
+            c: nn.Parameter(1e-3 * torch.randn(num_edges, num_ops, generator=generator)) for c in cell_types})
+
+    def _sample(self, alpha: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _mean(self, alpha: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self) -> dict[str, Tensor]:
+        return {c: self._sample(a) for c, a in self.alphas.items()}
+
+    def mean(self) -> dict[str, Tensor]:
+        return {c: self._mean(a) for c, a in self.alphas.items()}
+
+    def regularisers(self) -> dict[str, Tensor]:
+        """{"l2_alpha": l2/2 · Σ_cell types ||α||²}."""
+        return {"l2_alpha": 0.5 * self.l2 * sum(a.pow(2).sum() for a in self.alphas.values())}
+
+    @torch.no_grad()
+    def valid(self) -> Tensor:
+        flags = [torch.isfinite(a).all() for a in self.alphas.values()]
+        flags += [(conc > 0).all() for c in self.cell_types if (conc := self._concentration(c)) is not None]
+        return torch.stack(flags).all()
+
+    @torch.no_grad()
+    def check_finite(self) -> None:
         for c, a in self.alphas.items():
-            conc = self._concentration(a)
+            conc = self._concentration(c)
             for e in range(self.num_edges):
                 if not bool(torch.isfinite(a[e]).all()):
                     raise FloatingPointError(f"Architecture parameters of cell type {c!r}, edge {e} are not "
@@ -163,8 +248,11 @@ class ArchDistribution(nn.Module):
                     raise FloatingPointError(f"Dirichlet concentration of cell type {c!r}, edge {e} is not "
                                              f"finite and > 0: {conc[e].tolist()}")
 
+    def extra_repr(self):
+        return f"l2={self.l2}"
 
-class Softmax(ArchDistribution):
+
+class Softmax(Learned):
     """DARTS' point estimate: sample() = mean() = softmax(alpha).
 
     Introduced in chapters/03_stochastic_relaxations.py, Eq. (3.1).
@@ -176,7 +264,7 @@ class Softmax(ArchDistribution):
     _mean = _sample
 
 
-class Concrete(ArchDistribution):
+class Concrete(Learned):
     """SNAS: relaxed Concrete samples softmax((alpha + g) / tau); tau is annealed by ``set_progress``:
     "exp" (default): tau = tau0 * (tau_min / tau0) ** progress;
     "linear": tau = tau0 + (tau_min - tau0) * progress.
@@ -186,8 +274,8 @@ class Concrete(ArchDistribution):
     hard = False
 
     def __init__(self, cell_types, num_edges, num_ops, generator=None, tau0: float = 1.0,
-                 tau_min: float = 0.2, schedule: str = "exp"):
-        super().__init__(cell_types, num_edges, num_ops, generator)
+                 tau_min: float = 0.2, schedule: str = "exp", l2: float = 1e-3):
+        super().__init__(cell_types, num_edges, num_ops, generator, l2)
         self.tau0, self.tau_min = _positive("tau0 (the temperature)", tau0), _positive("tau_min", tau_min)
         self.schedule = _choice("schedule", schedule, ("exp", "linear"))
         self.tau = self.tau0
@@ -200,6 +288,9 @@ class Concrete(ArchDistribution):
         else:
             self.tau = self.tau0 + (self.tau_min - self.tau0) * self.progress
 
+    def scalars(self):
+        return {"tau": float(self.tau)}
+
     def _sample(self, alpha):
         return gumbel_softmax_sample(alpha, self.tau, self.generator, hard=self.hard)
 
@@ -207,7 +298,7 @@ class Concrete(ArchDistribution):
         return F.softmax(alpha, dim=-1)
 
     def extra_repr(self):
-        return f"tau={self.tau:.4g}, tau0={self.tau0}, tau_min={self.tau_min}, schedule={self.schedule!r}"
+        return f"tau={self.tau:.4g}, tau0={self.tau0}, tau_min={self.tau_min}, schedule={self.schedule!r}, l2={self.l2}"
 
 
 class HardGumbel(Concrete):
@@ -217,108 +308,212 @@ class HardGumbel(Concrete):
     """
 
     hard = True
+    sparse = True
 
     def __init__(self, cell_types, num_edges, num_ops, generator=None, tau0: float = 10.0,
-                 tau_min: float = 0.1, schedule: str = "linear"):
-        super().__init__(cell_types, num_edges, num_ops, generator, tau0, tau_min, schedule)
+                 tau_min: float = 0.1, schedule: str = "linear", l2: float = 1e-3):
+        super().__init__(cell_types, num_edges, num_ops, generator, tau0, tau_min, schedule, l2)
 
 
-class Dirichlet(ArchDistribution):
-    """q(w_e) = Dir(beta_e) per edge, beta = elu(alpha) + 1 (DrNAS) or softplus(alpha).
+class Dirichlet(Learned):
+    """q(θ_e) = Dir(beta_e) per edge, beta = elu(alpha) + 1 (DrNAS) or softplus(alpha).
 
     ``sample()`` uses ``torch.distributions.Dirichlet.rsample`` (implicit reparameterisation gradients,
-    Figurnov et al. 2018); it cannot take a generator, so sampling uses torch's global RNG (seed it with
-    ``vnas.setup``); ``generator`` only seeds alpha's initial values. ``regularise="kl"`` adds
-    kl_scale * sum_{cell types, edges} KL(Dir(beta_e) || Dir(c0)) / num_data; "none" adds nothing (DrNAS's
-    default L2 on alpha is the optimiser's weight decay). With alpha ~ 0 at the start, elu gives the flat
-    Dir(1); softplus gives beta = log 2 ~ 0.69, mass towards the corners.
+    Figurnov et al. 2018; arguments not validated, so that sampling never reads back to the host); it
+    cannot take a generator, so sampling uses torch's global RNG (seed it with ``vnas.setup``);
+    ``generator`` only seeds alpha's initial values. ``regularise="kl"`` puts the prior p(θ_e) = Dir(c0)
+    into the objective: ``structure_kl()`` is then KL(Dir(beta_e) || Dir(c0)) per edge, weighted by
+    ``kl_scale`` (the KL weight; 1 is the ELBO). "none" (DrNAS' default) has no prior term; both keep the
+    L2 on alpha (``l2``). With alpha ~ 0 at the start, elu gives the flat Dir(1); softplus gives
+    beta = log 2 ~ 0.69, mass towards the corners.
     Introduced in chapters/03_stochastic_relaxations.py, Eqs. (3.6)-(3.9).
     """
 
     def __init__(self, cell_types, num_edges, num_ops, generator=None, param: str = "elu",
-                 regularise: str = "none", c0: float = 1.0, kl_scale: float = 1.0):
-        super().__init__(cell_types, num_edges, num_ops, generator)
+                 regularise: str = "none", c0: float = 1.0, kl_scale: float = 1.0, l2: float = 1e-3):
+        super().__init__(cell_types, num_edges, num_ops, generator, l2)
         self.param = _choice("param", param, ("elu", "softplus"))
         self.regularise = _choice("regularise", regularise, ("none", "kl"))
         self.c0 = _positive("c0 (the prior concentration)", c0)
-        if not isinstance(kl_scale, (int, float)) or not 0 <= kl_scale < math.inf:
-            raise ValueError(f"kl_scale must be a finite number >= 0, got {kl_scale!r}.")
-        self.kl_scale = float(kl_scale)
+        self.kl_weight = _non_negative("kl_scale (the KL weight)", kl_scale)
 
     def concentration(self, cell_type: str) -> Tensor:
         """beta [E, O] of one cell type: elu(alpha) + 1 or softplus(alpha)."""
-        return self._concentration(self.alphas[cell_type])
+        return self._beta(self.alphas[cell_type])
 
-    def _concentration(self, alpha):
+    def _concentration(self, cell_type):
+        return self.concentration(cell_type)
+
+    def _beta(self, alpha):
         return F.elu(alpha) + 1 if self.param == "elu" else F.softplus(alpha)
 
     def _dist(self, alpha) -> torch.distributions.Dirichlet:
-        return torch.distributions.Dirichlet(self._concentration(alpha))
+        return torch.distributions.Dirichlet(self._beta(alpha), validate_args=False)
 
     def _sample(self, alpha):
         return self._dist(alpha).rsample()
 
-    def sample(self) -> dict[str, Tensor]:
-        """One rsample() per edge; a bad concentration raises FloatingPointError naming the edge."""
-        try:
-            return super().sample()
-        except ValueError:  # torch's argument check: say which edge went wrong
-            self.check_finite()
-            raise
-
     def _mean(self, alpha):
-        beta = self._concentration(alpha)
+        beta = self._beta(alpha)
         return beta / beta.sum(-1, keepdim=True)
 
-    def _entropy(self, alpha):
-        return self._dist(alpha).entropy()
+    def _entropy(self, cell_type):
+        return self._dist(self.alphas[cell_type]).entropy()
 
     def entropy(self) -> dict[str, Tensor]:
         """Differential entropy [E] of each edge's Dir(beta_e), per cell type."""
-        return {c: self._entropy(a) for c, a in self.alphas.items()}
+        return {c: self._entropy(c) for c in self.cell_types}
 
-    def log_prob(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
-        """log Dir(w_e; beta_e) [E] per cell type, for weights [E, O] on the simplex."""
-        return {c: self._dist(self.alphas[c]).log_prob(weights[c]) for c in self.cell_types}
+    def log_prob(self, theta: dict[str, Tensor]) -> dict[str, Tensor]:
+        """log Dir(θ_e; beta_e) [E] per cell type, for weights θ [E, O] on the simplex."""
+        return {c: self._dist(self.alphas[c]).log_prob(theta[c]) for c in self.cell_types}
 
     def kl(self) -> dict[str, Tensor]:
-        """KL(Dir(beta_e) || Dir(c0)) [E] per cell type, Eq. (3.9)."""
-        return {c: dirichlet_kl(self._concentration(a), self.c0) for c, a in self.alphas.items()}
+        """KL(Dir(beta_e) || Dir(c0)) [E] per cell type, Eq. (3.9), whether or not the objective uses it."""
+        return {c: dirichlet_kl(self._beta(a), self.c0, validate=False) for c, a in self.alphas.items()}
 
-    def regulariser(self, num_data: int) -> Tensor:
-        """kl_scale * (sum of per-edge KLs over cell types) / num_data, or 0 when regularise="none"."""
-        zero = super().regulariser(num_data)
-        if self.regularise == "none":
-            return zero
-        return self.kl_scale * sum(k.sum() for k in self.kl().values()) / num_data
+    def structure_kl(self) -> dict[str, Tensor] | None:
+        return self.kl() if self.regularise == "kl" else None
 
     def extra_repr(self):
-        return f"param={self.param!r}, regularise={self.regularise!r}, c0={self.c0}, kl_scale={self.kl_scale}"
+        return (f"param={self.param!r}, regularise={self.regularise!r}, c0={self.c0}, kl_scale={self.kl_weight}, "
+                f"l2={self.l2}")
 
 
-# name -> (constructor, the options a user may set, with their defaults)
-METHODS: dict[str, tuple] = {
-    "darts": (Softmax, {}),
-    "snas": (Concrete, {"tau0": 1.0, "tau_min": 0.2, "schedule": "exp"}),
-    "gdas": (HardGumbel, {"tau0": 10.0, "tau_min": 0.1, "schedule": "linear"}),
-    "drnas": (Dirichlet, {"param": "elu", "regularise": "none", "c0": 1.0, "kl_scale": 1.0}),
-    "variational": (partial(Dirichlet, regularise="kl"), {"param": "elu", "c0": 1.0, "kl_scale": 1.0}),
-}
+# --- baselines -----------------------------------------------------------------------------------------
+
+def _seeded(generator: torch.Generator | None) -> torch.Generator:
+    """``generator``, or a CPU generator seeded from torch's global RNG (seeded by ``vnas.setup``)."""
+    return generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, ())))
 
 
-def build_posterior(method: str, cell_types, num_edges: int, num_ops: int,
-                    generator: torch.Generator | None = None, **options) -> ArchDistribution:
-    """The architecture distribution of ``method`` (a key of METHODS), its defaults updated by ``options``.
-
-    Introduced in chapters/03_stochastic_relaxations.py.
+class UniformCells(ArchDistribution):
+    """Random sampling with shared weights (``random_ws``; Li & Talwalkar, 2019): every sample is the
+    one-hot θ of a uniformly drawn cell, so every weight step trains one random cell of the supernet. The
+    mean is the best of ``candidates`` fresh random cells, scored after every epoch by ``end_epoch``.
+    Introduced in chapters/04_bayesian_structure_posterior.py.
     """
+
+    trained, sparse = False, True
+
+    def __init__(self, space, generator: torch.Generator | None = None, candidates: int = 10):
+        super().__init__(space.cell_types, space.num_edges, space.num_ops)
+        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {candidates!r}.")
+        self.space, self.candidates = space, candidates
+        self.generator = _seeded(generator)
+        self.best = space.random_genotype(self.generator)  # until the first epoch has scored some
+
+    @classmethod
+    def for_space(cls, space, generator=None, **options):
+        return cls(space, generator, **options)
+
+    def _theta(self, genotype) -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in self.space.one_hot(genotype).items()}
+
+    def sample(self):
+        return self._theta(self.space.random_genotype(self.generator))
+
+    def mean(self):
+        return self._theta(self.best)
+
+    def end_epoch(self, score):
+        """Keep the best of ``candidates`` random cells by ``score`` (ties: the first drawn)."""
+        cells = [self.space.random_genotype(self.generator) for _ in range(self.candidates)]
+        scores = [score(self._theta(g)) for g in cells]
+        self.best = cells[max(range(len(cells)), key=scores.__getitem__)]
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state(), "best": json.dumps(self.best.to_json())}
+
+    def set_extra_state(self, state):
+        self.generator.set_state(state["generator"])
+        self.best = self.space.Genotype.from_json(json.loads(state["best"]))
+
+    def extra_repr(self):
+        return f"space={self.space.name!r}, candidates={self.candidates}"
+
+
+class RandomCell(ArchDistribution):
+    """The ``random`` baseline: one cell drawn uniformly when the distribution is made; nothing is searched.
+    Introduced in chapters/04_bayesian_structure_posterior.py.
+    """
+
+    trained, searched, sparse = False, False, True
+
+    def __init__(self, space, generator: torch.Generator | None = None):
+        super().__init__(space.cell_types, space.num_edges, space.num_ops)
+        self.space = space
+        self.cell = space.random_genotype(_seeded(generator))
+
+    @classmethod
+    def for_space(cls, space, generator=None, **options):
+        return cls(space, generator, **options)
+
+    def sample(self):
+        return {k: v.to(self.device) for k, v in self.space.one_hot(self.cell).items()}
+
+    mean = sample
+
+    def get_extra_state(self):
+        return {"cell": json.dumps(self.cell.to_json())}
+
+    def set_extra_state(self, state):
+        self.cell = self.space.Genotype.from_json(json.loads(state["cell"]))
+
+    def extra_repr(self):
+        return f"cell={self.cell}"
+
+
+# --- the registry ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Method:
+    """One method: its distribution, the options a user may set (with their defaults), options fixed by
+    the method, and the spaces it is defined for."""
+
+    cls: type
+    defaults: dict
+    fixed: dict = field(default_factory=dict)
+    spaces: tuple[str, ...] = ("darts", "nb201")
+
+    @property
+    def trained(self) -> bool:
+        return self.cls.trained
+
+
+METHODS: dict[str, Method] = {
+    "darts": Method(Softmax, {"l2": 1e-3}),
+    "snas": Method(Concrete, {"tau0": 1.0, "tau_min": 0.2, "schedule": "exp", "l2": 1e-3}),
+    "gdas": Method(HardGumbel, {"tau0": 10.0, "tau_min": 0.1, "schedule": "linear", "l2": 1e-3}),
+    "drnas": Method(Dirichlet, {"param": "elu", "regularise": "none", "c0": 1.0, "kl_scale": 1.0, "l2": 1e-3}),
+    "variational": Method(Dirichlet, {"param": "elu", "c0": 1.0, "kl_scale": 1.0, "l2": 1e-3}, {"regularise": "kl"}),
+    "random_ws": Method(UniformCells, {"candidates": 10}),
+    "random": Method(RandomCell, {}),
+}
+"""Every method of the course, the baselines included. Introduced in chapters/03_stochastic_relaxations.py."""
+
+
+def get_method(method: str) -> Method:
+    """The registry entry of ``method``, or a ValueError listing the valid names."""
     if method not in METHODS:
         close = difflib.get_close_matches(str(method), METHODS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(METHODS)}.{hint}")
-    constructor, defaults = METHODS[method]
-    unknown = [k for k in options if k not in defaults]
+    return METHODS[method]
+
+
+def build_posterior(method: str, space, generator: torch.Generator | None = None, **options) -> ArchDistribution:
+    """The distribution of ``method`` (a key of METHODS) on ``space`` (a ``vnas.spaces.Space`` or its name),
+    its defaults updated by ``options``: ``build_posterior("variational", "nb201", c0=0.5)``.
+
+    Introduced in chapters/03_stochastic_relaxations.py.
+    """
+    entry = get_method(method)
+    if isinstance(space, str):  # a name is looked up; a Space (or anything shaped like one) is used as is
+        space = spaces.get_space(space)
+    unknown = [k for k in options if k not in entry.defaults]
     if unknown:
-        valid = ", ".join(defaults) if defaults else "none"
+        valid = ", ".join(entry.defaults) if entry.defaults else "none"
         raise ValueError(f"Unknown option(s) {unknown} for method {method!r}; valid options: {valid}.")
-    return constructor(cell_types, num_edges, num_ops, generator, **{**defaults, **options})
+    return entry.cls.for_space(space, generator, **{**entry.defaults, **options, **entry.fixed})

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
+import pickle
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +24,10 @@ import torch
 from vnas import config
 
 CHECKPOINT = "checkpoint.pt"
+# The layout of a run folder (config.json keys, checkpoint contents, history rows). Layout 1 (before the
+# "one house" refactor) had no "layout" key, kept the L2 terms in the optimisers and numpy arrays in its
+# checkpoints; this version reads only layout 2.
+LAYOUT = 2
 
 
 class RunError(RuntimeError):
@@ -43,6 +50,7 @@ def manifest(kind: str, cfg: dict, run_mode: str) -> dict:
     """Who made this run, how and where (DESIGN section 5)."""
     return {
         "kind": kind,
+        "layout": LAYOUT,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "config": cfg,
         "git_commit": git_commit(),
@@ -88,7 +96,7 @@ class RunDir:
                 (path / name).unlink(missing_ok=True)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
-        run.write_json("config.json", {"kind": kind, "mode": run_mode, **cfg})
+        run.write_json("config.json", {"kind": kind, "mode": run_mode, "layout": LAYOUT, **cfg})
         run.write_json("manifest.json", manifest(kind, cfg, run_mode))
         return run
 
@@ -106,10 +114,18 @@ class RunDir:
             raise RunError(f"{path} is not valid JSON ({err}); the run folder is damaged.") from err
 
     def history(self) -> list[dict]:
+        """The rows of history.jsonl (one per finished epoch), for plotting a run; a RunError for a folder
+        written by an older version of vnas, whose rows have other keys."""
+        layout = self.read_json("config.json").get("layout", 1)
+        if layout != LAYOUT:
+            raise RunError(older_layout(self.path, layout))
         path = self.path / "history.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise RunError(f"{path} is not valid JSON lines ({err}); the run folder is damaged.") from err
 
     def write_history(self, rows: list[dict]) -> None:
         """Rewrite the history (atomically) so that it always matches the checkpoint's epoch."""
@@ -123,7 +139,10 @@ class RunDir:
     def save_checkpoint(self, state: dict) -> None:
         _atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self, map_location="cpu") -> dict:
+    def load_checkpoint(self, map_location="cpu", trust: bool = False) -> dict:
+        """The checkpoint, loaded safely: tensors and plain data only (``torch.load(weights_only=True)``), so
+        that a run folder someone shared cannot run code. ``trust=True`` loads any pickle: only for a file
+        you wrote yourself (e.g. with an older vnas, whose checkpoints held numpy arrays)."""
         path = self.path / CHECKPOINT
         if not self.path.is_dir():
             raise RunError(f"{self.path} is not a folder; give the --out folder of a run.")
@@ -131,22 +150,45 @@ class RunDir:
             raise RunError(f"{self.path} has no {CHECKPOINT}: the run stopped before its first epoch ended. "
                            "Start it again with --overwrite.")
         try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
+            state = torch.load(path, map_location=map_location, weights_only=not trust)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+            if found is None:  # not a forbidden object but a damaged file
+                raise RunError(f"{path} is corrupt or unreadable ({str(err).splitlines()[-1][:200]}). It was left "
+                               "untouched; start a new run in another folder.") from None
+            raise RunError(f"{path} holds objects other than tensors and plain data ({found.group(1)}), which safe "
+                           "loading refuses. A checkpoint written by this version of vnas never does: this one "
+                           "comes from an older vnas (numpy arrays) or from someone else, and loading it could run "
+                           "code. It was left untouched. If you wrote it yourself and trust it, load it with "
+                           "trust=True (`python -m vnas resume DIR --trust-checkpoint`).") from None
         except Exception as err:  # torch raises many kinds for a damaged file
             raise RunError(f"{path} is corrupt or unreadable ({type(err).__name__}: {err}). It was left untouched; "
                            "start a new run in another folder.") from err
         if not isinstance(state, dict) or "epoch" not in state:
             raise RunError(f"{path} is not a vnas checkpoint (no 'epoch'); it was left untouched.")
+        if state.get("layout") != LAYOUT:
+            raise RunError(older_layout(self.path, state.get("layout", 1)))
         return state
 
 
+def older_layout(path: Path, layout) -> str:
+    """What to say about a run folder written by an older version of vnas."""
+    return (f"{path} was written by an older version of vnas (run-folder layout {layout}; this version reads "
+            f"layout {LAYOUT}): its config keys and checkpoint contents differ, so it cannot be resumed here. "
+            "Its history.jsonl and genotype.json remain readable as JSON. To continue it, check out the vnas "
+            "commit named in its manifest.json (git_commit) and resume there; or start a new run.")
+
+
 def rng_state() -> dict:
-    """Every random number generator that a run draws from, so a resumed run repeats exactly."""
+    """Every random number generator that a run draws from, so a resumed run repeats exactly; as tensors,
+    tuples and numbers only, which safe loading accepts."""
     import random
 
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                   cached), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -158,33 +200,114 @@ def set_rng_state(state: dict) -> None:
     import numpy as np
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class NonFiniteError(FloatingPointError):
-    """A NaN or infinite loss or architecture parameter; the last good checkpoint is kept."""
+    """A NaN or infinite objective or parameter; the last good checkpoint is kept."""
+
+
+def first_non_finite(module: torch.nn.Module) -> str | None:
+    """The name of the module's first parameter or buffer holding a NaN or an infinity, or None (a scan that
+    reads every tensor back: for error messages only)."""
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+class FiniteWatch:
+    """Watches the values each step optimised for NaN or infinity, without a host read per step on CUDA.
+
+    ``watch(step, values, valid)`` records, on the device, the first step whose values are not all finite
+    (or whose ``valid`` flag is False) and those values. On CPU there is no queue to stall, so ``watch``
+    reads the flag back every step and a run stops at once; on CUDA ``bad()`` is read once, at the end of
+    the epoch, before anything is saved. Introduced in chapters/02_darts.py.
+    """
+
+    def __init__(self, device: torch.device, every: int | None = None):
+        self.device = torch.device(device)
+        self.every = (1 if self.device.type == "cpu" else 0) if every is None else every
+        self.reset()
+
+    def reset(self) -> None:
+        self._step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._values, self._names = None, []
+
+    def watch(self, step: int, values: dict[str, torch.Tensor], valid: torch.Tensor | None = None):
+        """Record ``values`` (0-d tensors) of ``step``; returns ``bad()`` when this step is read back, else None."""
+        v = torch.stack([t.detach().float().reshape(()) for t in values.values()])
+        ok = torch.isfinite(v).all() if valid is None else torch.isfinite(v).all() & valid
+        fresh = (self._step < 0) & ~ok
+        self._step = torch.where(fresh, step, self._step)
+        self._values = v if self._values is None else torch.where(fresh, v, self._values)
+        self._names = list(values)
+        return self.bad() if self.every and (step + 1) % self.every == 0 else None
+
+    def bad(self) -> tuple[int, dict[str, float]] | None:
+        """(the first bad step, its values) or None: one read back to the host."""
+        step = int(self._step)
+        return None if step < 0 else (step, dict(zip(self._names, self._values.tolist(), strict=True)))
+
+
+class EpochMeans:
+    """Per-step values summed on the device and read back once per epoch as means, grouped by name."""
+
+    def __init__(self):
+        self.sums: dict[tuple[str, str], torch.Tensor] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, group: str, values: dict[str, torch.Tensor]) -> None:
+        for name, v in values.items():
+            key = (group, name)
+            v = v.detach().float().reshape(())
+            self.sums[key] = v if key not in self.sums else self.sums[key] + v
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, dict[str, float]]:
+        if not self.sums:
+            return {}
+        values = torch.stack(list(self.sums.values())).tolist()  # the one read back
+        out: dict[str, dict[str, float]] = {}
+        for (group, name), total in zip(self.sums, values, strict=True):
+            out.setdefault(group, {})[name] = total / self.counts[(group, name)]
+        return out
 
 
 class EpochLoop:
     """What a search and a final training share: epochs, a history, an optional run folder written after
-    every epoch (checkpoint first, then history), bf16 autocast on CUDA, and ``fit()``.
+    every epoch (checkpoint first, then history), bf16 autocast on CUDA, the watch for non-finite values,
+    and ``start``, ``resume``, ``fit()``.
 
     Subclasses set ``KIND`` and ``CONFIG`` (the config dataclass); their instances set ``cfg`` (with
     ``epochs`` and ``amp``), ``device``, ``run``, ``progress``, ``epoch``, ``history``, ``optimizer`` and
     ``scheduler``, and define ``train_epoch``, ``steps_per_epoch``, ``model_state``/``load_model_state``,
-    ``description``, ``summary`` and ``final``.
+    ``description``, ``summary``, ``final`` and ``diagnose``.
     Introduced in chapters/02_darts.py.
     """
 
     KIND: str
     CONFIG: type
 
+    @classmethod
+    def start(cls, cfg, out: Path, overwrite: bool = False, run_mode: str | None = None, **kw):
+        """A new run backed by the run folder ``out`` (refused if it already holds a run)."""
+        run = RunDir.create(out, cls.KIND, config.config_dict(cfg), run_mode or config.mode(), overwrite=overwrite)
+        job = cls(cfg, run=run, **kw)
+        job.started()
+        return job
+
+    def started(self) -> None:
+        """Called once when a run folder is created (nothing by default)."""
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), "history": self.history, **self.model_state()}
+        return {"layout": LAYOUT, "epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "history": self.history,
+                **self.model_state()}
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -197,16 +320,21 @@ class EpochLoop:
         set_rng_state(state["rng"])
 
     @classmethod
-    def resume(cls, out: Path, **kw):
-        """The run of folder ``out``, restored from its checkpoint, ready to ``fit()`` the remaining epochs."""
+    def resume(cls, out: Path, trust_checkpoint: bool = False, **kw):
+        """The run of folder ``out``, restored from its checkpoint, ready to ``fit()`` the remaining epochs.
+
+        ``trust_checkpoint=True`` loads a checkpoint that safe loading refuses (see ``RunDir.load_checkpoint``)."""
         run = RunDir(out)
         if not Path(out).is_dir():
             raise RunError(f"{out} is not a folder; give the --out folder of a {cls.KIND} run.")
         saved = run.read_json("config.json")
         if saved.pop("kind", None) != cls.KIND:
             raise RunError(f"{out} is not a {cls.KIND} run.")
+        layout = saved.pop("layout", 1)
+        if layout != LAYOUT:
+            raise RunError(older_layout(run.path, layout))
         saved.pop("mode", None)
-        state = run.load_checkpoint(map_location=kw.get("device") or config.device())
+        state = run.load_checkpoint(map_location=kw.get("device") or config.device(), trust=trust_checkpoint)
         job = cls(config.from_dict(cls.CONFIG, saved, str(run.path / "config.json")), run=run, **kw)
         job.load_state_dict(state)
         run.write_history(job.history)  # the checkpoint's history is the truth
@@ -221,8 +349,20 @@ class EpochLoop:
                  if self.run is not None and self.epoch else "Nothing was saved; ")
         return where + "lower the learning rates or check the data, then resume or start again."
 
-    def _non_finite(self, what: str, value: float, step: int) -> NonFiniteError:
-        return NonFiniteError(f"The {what} loss became {value} at epoch {self.epoch + 1}, step {step}. " + self._kept())
+    def diagnose(self) -> str:
+        """Where the non-finite values are (a scan, for the error message); '' when nothing is found."""
+        return ""
+
+    def check(self, found) -> None:
+        """Raise NonFiniteError for ``found`` = (step, values) from a FiniteWatch; nothing for None."""
+        if found is None:
+            return
+        step, values = found
+        bad = [f"the {name} objective became {value}" for name, value in values.items() if not math.isfinite(value)]
+        what = "; ".join(bad) if bad else "the parameters became unusable (not finite, or a concentration <= 0)"
+        where = self.diagnose()
+        raise NonFiniteError(f"At epoch {self.epoch + 1}, step {step}, {what}. {where + ' ' if where else ''}"
+                             + self._kept())
 
     def target_epochs(self) -> int:
         return self.cfg.epochs

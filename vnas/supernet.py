@@ -1,21 +1,27 @@
-"""Search supernets: every edge carries every op, mixed by weights that come from outside.
+"""Search supernets: every edge carries every op, mixed by weights θ that come from outside.
 
-DARTS Eq. (1): an edge (i, j) computes  o_bar(x_i) = sum_o w_o * o(x_i)  and node j is the sum of its
-incoming edges. The mixing weights w (a softmax of alpha, a Gumbel or Dirichlet sample, a one-hot
-genotype) are an *argument* of ``forward``, so the supernet holds only network weights:
-``supernet.parameters()`` is exactly what the weight optimiser trains.
+An edge (i, j) computes the mixed op  ō(x_i) = Σ_o θ_o · o(x_i)  (DARTS Eq. 2; chapter 02, Eq. (2.2)),
+and node j is the sum of its incoming edges, Eq. (2.1). The mixing weights θ (a softmax of α, a Gumbel or
+Dirichlet sample, a one-hot genotype) are an *argument* of ``forward``, so the supernet holds only
+network weights: ``supernet.parameters()`` is exactly what the weight optimiser trains.
 
 Search protocol (DARTS): BN without affine parameters, pooling followed by BN(affine=False). NB201 keeps
 its own protocol: no BN after pooling. ``partial_channels=K`` (PC-DARTS, Xu et al., ICLR 2020) sends only
 C/K channels through each mixed op; the rest bypass it, then the channels are shuffled.
 
-Same maths as the sum above, computed with less work:
-- an op whose weight is exactly 0.0 is not run (one-hot and straight-through weights cost one op per
-  edge), and ``none`` is never run: it adds 0;
+Two paths compute the same function, selected as nanoGPT selects its attention: ``fused`` (the
+default) and, under it, the plain equation (``supernet.fused = False``), which the chapters teach from
+and the tests compare against. The fused path does less work:
+- ``none`` is never run (it adds 0), nor an op whose weight is exactly 0.0 when the caller passes
+  ``active`` (``supernet.active(θ)``: one-hot and straight-through weights then cost one op per edge);
+  a skipped op also gets no gradient with respect to its (zero) weight;
 - relu(x_i) is computed once per node i for all the ops on all its outgoing edges that start with a ReLU;
-- an op that ends in BN(affine=False) is scaled by its weight inside that BN (w * BN(z) is BN(z) with
-  scale w): the product costs no extra pass over memory, forward or backward.
+- an op that ends in BN(affine=False) is scaled by its weight inside that BN (θ · BN(z) is BN(z) with
+  scale θ): the product costs no extra pass over memory, forward or backward.
+Neither path reads a tensor back to the host during a forward pass.
 
+The cells and the network skeletons of each space live with the space (``vnas.spaces.darts_net``,
+``vnas.spaces.nb201_net``); build a supernet with ``vnas.spaces.get_space(name).build_supernet(...)``.
 Introduced in chapters/02_darts.py.
 """
 
@@ -27,15 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vnas.ops import OPS, FactorizedReduce, PreReLU, ReLUConvBN, ResNetBasicBlock
-from vnas.spaces import darts as darts_space
-from vnas.spaces import nb201 as nb201_space
+from vnas.ops import OPS, PreReLU
 
 
 def scaled_bn(bn: nn.BatchNorm2d, z: Tensor, scale: Tensor) -> Tensor:
     """``scale * bn(z)`` for a BN without affine parameters, computed as one BN whose scale is ``scale``.
 
-    Same running statistics as ``bn(z)``. Introduced in chapters/02_darts.py, Eq. (1).
+    Same running statistics as ``bn(z)``. Introduced in chapters/02_darts.py, Eq. (2.2).
     """
     batch_stats = bn.training or bn.running_mean is None
     if bn.training and bn.track_running_stats:
@@ -80,11 +84,12 @@ def _split_bn(op: nn.Module) -> tuple[nn.Module, nn.BatchNorm2d | None]:
 
 
 class MixedOp(nn.Module):
-    """One edge of the supernet: ``forward(x, w) = sum_o w_o * o(x)`` over the ops of ``primitives``.
+    """One edge of the supernet: ``forward(x, theta) = Σ_o θ_o · o(x)`` over the ops of ``primitives``.
 
-    ``w`` is a vector on the simplex, one entry per op. Ops whose weight is exactly 0.0 and ``none`` are
-    not run. With ``partial_channels=K`` only the first C/K channels go through the ops (PC-DARTS).
-    Introduced in chapters/02_darts.py, Eq. (1).
+    ``theta`` is a vector on the simplex, one entry per op. With ``partial_channels=K`` only the first
+    C/K channels go through the ops (PC-DARTS). ``fused`` selects the fast path (see the module
+    docstring); with ``fused = False`` forward is DARTS' one-line mixed op.
+    Introduced in chapters/02_darts.py, Eq. (2.2).
     """
 
     def __init__(self, C: int, stride: int, primitives, pool_bn: bool = True, partial_channels: int = 1):
@@ -93,6 +98,7 @@ class MixedOp(nn.Module):
             raise ValueError(f"partial_channels={partial_channels} must divide the {C} channels of the edge.")
         self.primitives, self.stride, self.k = tuple(primitives), stride, partial_channels
         self.C_op = C // partial_channels
+        self.fused = True
         ops = []
         for name in self.primitives:
             op = OPS[name](self.C_op, stride, False)
@@ -108,20 +114,13 @@ class MixedOp(nn.Module):
         if partial_channels > 1 and stride == 2:
             self.bypass = nn.MaxPool2d(2, 2)
 
-    def active(self, w: Tensor) -> list[bool]:
-        """Which ops run for weights ``w``: not ``none``, weight not exactly 0.
-
-        Introduced in chapters/02_darts.py."""
-        return [r and nz for r, nz in zip(self.runnable, (w != 0).tolist(), strict=True)]
-
     def needs_relu(self, active) -> bool:
         """Whether any running op starts with a ReLU. Introduced in chapters/02_darts.py."""
         return any(a and p for a, p in zip(active, self.pre_relu, strict=True))
 
-    def terms(self, x: Tensor, w: Tensor, active, x_relu: Tensor | None = None) -> list[Tensor]:
-        """``[w_o * o(x) for the running ops o]``; ``x_relu = relu(x)`` if it is already computed.
-
-        Introduced in chapters/02_darts.py, Eq. (1).
+    def terms(self, x: Tensor, theta: Tensor, active, x_relu: Tensor | None = None) -> list[Tensor]:
+        """``[θ_o · o(x) for the running ops o]`` (the fused path); ``x_relu = relu(x)`` if it is already
+        computed. Introduced in chapters/02_darts.py, Eq. (2.2).
         """
         if x_relu is None and self.needs_relu(active):
             x_relu = F.relu(x)
@@ -131,196 +130,132 @@ class MixedOp(nn.Module):
                 continue
             body, bn = self._parts[o]
             z = body.from_relu(x_relu) if self.pre_relu[o] else body(x)
-            out.append(z * w[o] if bn is None else scaled_bn(bn, z, w[o]))
+            out.append(z * theta[o] if bn is None else scaled_bn(bn, z, theta[o]))
         return out
 
-    def forward(self, x: Tensor, w: Tensor, active=None) -> Tensor:
-        if w.shape != (len(self.ops),):
-            raise ValueError(f"MixedOp weights have shape {tuple(w.shape)}; expected ({len(self.ops)},): "
+    def forward(self, x: Tensor, theta: Tensor, active=None) -> Tensor:
+        if theta.shape != (len(self.ops),):
+            raise ValueError(f"MixedOp weights have shape {tuple(theta.shape)}; expected ({len(self.ops)},): "
                              f"one per op of {self.primitives}.")
-        active = self.active(w) if active is None else active
         if self.k > 1:
             x, rest = x[:, :self.C_op], x[:, self.C_op:]
-        terms = self.terms(x, w, active)
-        out = add_all(terms) if terms else _zeros(x, self.C_op, self.stride)
+        if self.fused:
+            terms = self.terms(x, theta, self.runnable if active is None else active)
+            out = add_all(terms) if terms else _zeros(x, self.C_op, self.stride)
+        else:  # the equation itself (DARTS' MixedOp.forward)
+            out = sum(t * op(x) for t, op in zip(theta, self.ops, strict=True))
         if self.k > 1:
             rest = self.bypass(rest) if self.stride == 2 else rest
             out = channel_shuffle(torch.cat([out, rest], dim=1), self.k)
         return out
 
 
-def run_dag(states: list[Tensor], edges, mixed: nn.ModuleList, w: Tensor, active) -> list[Tensor]:
-    """Append a cell's intermediate nodes to ``states``: node j = sum over its edges (i, j) of
-    ``mixed[e](states[i], w[e])``, with ``active[e]`` saying which ops of edge e run.
+def run_dag(states: list[Tensor], edges, mixed: nn.ModuleList, theta: Tensor, active=None) -> list[Tensor]:
+    """Append a cell's intermediate nodes to ``states``: node j = Σ over its edges e = (i, j) of
+    ``mixed[e](states[i], theta[e])`` (Eq. (2.1)); ``active[e]`` says which ops of edge e run (None:
+    every op but ``none``).
 
-    Introduced in chapters/02_darts.py.
+    Introduced in chapters/02_darts.py, Eq. (2.1).
     """
     relu = {}  # relu(states[i]), computed at most once per node i
     first = len(states)
     for node in range(first, first + len({dst for _, dst in edges})):
+        incoming = [(e, src) for e, (src, dst) in enumerate(edges) if dst == node]
+        if not mixed[0].fused:  # the equation itself: x_j = Σ_i ō_(i,j)(x_i)
+            states.append(sum(mixed[e](states[src], theta[e]) for e, src in incoming))
+            continue
         terms = []
-        for e, (src, dst) in enumerate(edges):
-            if dst != node:
-                continue
+        for e, src in incoming:
             op = mixed[e]
+            run = op.runnable if active is None else active[e]
             if op.k > 1:  # partial channels: every edge adds its bypassed channels, so it mixes on its own
-                terms.append(op(states[src], w[e], active[e]))
+                terms.append(op(states[src], theta[e], run))
                 continue
-            if src not in relu and op.needs_relu(active[e]):
+            if src not in relu and op.needs_relu(run):
                 relu[src] = F.relu(states[src])
-            terms += op.terms(states[src], w[e], active[e], relu.get(src))
+            terms += op.terms(states[src], theta[e], run, relu.get(src))
         if not terms:  # every incoming op is `none` or weighted 0
-            op, src = next((mixed[e], i) for e, (i, j) in enumerate(edges) if j == node)
+            op, src = mixed[incoming[0][0]], incoming[0][1]
             terms = [_zeros(states[src], op.C_op * op.k, op.stride)]
         states.append(add_all(terms))
     return states
 
 
-def check_weights(weights, shapes: dict[str, tuple[int, int]], primitives) -> dict[str, list[list[bool]]]:
-    """Check that ``weights`` has one tensor of the right shape per cell type; return which ops run
-    (not ``none``, weight not exactly 0). Introduced in chapters/02_darts.py.
-    """
+def check_theta_shapes(theta, shapes: dict[str, tuple[int, int]], primitives) -> None:
+    """Check that ``theta`` has one tensor of the right shape per cell type (no host read).
+
+    Introduced in chapters/02_darts.py."""
     expected = ", ".join(f"{k!r}: Tensor{list(s)}" for k, s in shapes.items())
-    if not isinstance(weights, Mapping) or set(weights) != set(shapes):
-        got = sorted(weights) if isinstance(weights, Mapping) else type(weights).__name__
+    if not isinstance(theta, Mapping) or set(theta) != set(shapes):
+        got = sorted(theta) if isinstance(theta, Mapping) else type(theta).__name__
         raise ValueError(f"The supernet needs mixing weights {{{expected}}} (one row per edge, one column "
                          f"per op); got {got}.")
-    runnable = [name != "none" for name in primitives]
-    active = {}
     for key, shape in shapes.items():
-        w = weights[key]
-        if not isinstance(w, Tensor) or tuple(w.shape) != shape:
-            got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
-            raise ValueError(f"weights[{key!r}] has shape {got}; expected {shape}: one row per edge, "
+        t = theta[key]
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"theta[{key!r}] has shape {got}; expected {shape}: one row per edge, "
                              f"one column per op ({', '.join(primitives)}).")
-        rows = (w != 0).tolist()  # one device-to-host copy per cell type and forward
-        active[key] = [[r and nz for r, nz in zip(runnable, row, strict=True)] for row in rows]
-    return active
 
 
-class DartsSearchCell(nn.Module):
-    """A DARTS search cell: preprocess the two inputs, 4 nodes over 14 mixed edges, concatenate the last
-    ``multiplier`` nodes. Introduced in chapters/02_darts.py."""
+def active_ops(theta: Mapping[str, Tensor], primitives) -> dict[str, list[list[bool]]]:
+    """Which ops run for mixing weights θ, per cell type and edge: not ``none``, weight not exactly 0.
 
-    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, steps=4, multiplier=4, partial_channels=1,
-                 primitives=darts_space.PRIMITIVES):
-        super().__init__()
-        self.reduction, self.multiplier = reduction, multiplier
-        if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_pp, C, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
-        self.edges = tuple((src, dst) for dst in range(2, 2 + steps) for src in range(dst))
-        self.mixed = nn.ModuleList(MixedOp(C, 2 if reduction and src < 2 else 1, primitives,
-                                           partial_channels=partial_channels) for src, _ in self.edges)
-
-    def forward(self, s0, s1, w, active):
-        states = run_dag([self.preprocess0(s0), self.preprocess1(s1)], self.edges, self.mixed, w, active)
-        return torch.cat(states[-self.multiplier:], dim=1)
+    One read back to the host per cell type: call it once per sample, not per forward pass.
+    Introduced in chapters/02_darts.py."""
+    runnable = [name != "none" for name in primitives]
+    return {key: [[r and nz for r, nz in zip(runnable, row, strict=True)] for row in (t != 0).tolist()]
+            for key, t in theta.items()}
 
 
-class DartsSupernet(nn.Module):
-    """The DARTS search network: a 3C-channel stem, ``layers`` cells (reduction cells, which double the
-    channels and halve the resolution, at layers//3 and 2*layers//3), global pooling, a linear classifier.
-
-    ``forward(x, {"normal": Tensor[14, 8], "reduce": Tensor[14, 8]})``; all cells of a type share their
-    weights. For speed on CPU: ``supernet.to(memory_format=torch.channels_last)``.
-    Introduced in chapters/02_darts.py.
-    """
-
-    def __init__(self, C=16, layers=8, num_classes=10, steps=4, multiplier=4, stem_multiplier=3,
-                 partial_channels=1):
-        super().__init__()
-        if layers < 3:
-            raise ValueError(f"layers={layers}: a DARTS supernet needs 3 cells or more (2 reduce, 1 normal).")
-        self.steps, self.primitives = steps, darts_space.PRIMITIVES
-        num_edges = sum(2 + i for i in range(steps))
-        self.shapes = {k: (num_edges, len(self.primitives)) for k in darts_space.CELL_TYPES}
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            C_curr = 2 * C_curr if reduction else C_curr
-            self.cells.append(DartsSearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, steps, multiplier,
-                                              partial_channels))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, multiplier * C_curr
-        self.classifier = nn.Linear(C_p, num_classes)
-
-    def forward(self, x: Tensor, weights: dict[str, Tensor]) -> Tensor:
-        active = check_weights(weights, self.shapes, self.primitives)
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            kind = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, weights[kind], active[kind])
-        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
-
-
-class NB201SearchCell(nn.Module):
-    """An NB201 search cell: nodes 1, 2, 3 over the 6 mixed edges; its output is node 3.
+class Supernet:
+    """What every search supernet shares (a mixin for the spaces' supernets, which set ``primitives``
+    and ``shapes``): which ops a sample runs, the fused/plain switch, and the network at a fixed θ.
 
     Introduced in chapters/02_darts.py.
     """
 
-    def __init__(self, C, partial_channels=1, primitives=nb201_space.PRIMITIVES):
-        super().__init__()
-        self.edges = tuple(nb201_space.EDGES)
-        self.mixed = nn.ModuleList(MixedOp(C, 1, primitives, pool_bn=False, partial_channels=partial_channels)
-                                   for _ in self.edges)
+    primitives: tuple[str, ...]
+    shapes: dict[str, tuple[int, int]]
 
-    def forward(self, x, w, active):
-        return run_dag([x], self.edges, self.mixed, w, active)[-1]
+    def active(self, theta: Mapping[str, Tensor]) -> dict[str, list[list[bool]]]:
+        """``active_ops(theta)``: pass it to ``forward`` to skip the ops whose weight is exactly 0."""
+        check_theta_shapes(theta, self.shapes, self.primitives)
+        return active_ops(theta, self.primitives)
 
+    @property
+    def fused(self) -> bool:
+        """True: the fast path; False: the plain equation Σ_o θ_o · o(x) on every edge."""
+        return all(m.fused for m in self.modules() if isinstance(m, MixedOp))
 
-class NB201Supernet(nn.Module):
-    """The NAS-Bench-201 search network: stem conv, 3 stages of N cells (C, 2C, 4C channels) joined by
-    residual reduction blocks, then BN-ReLU, global pooling and a linear classifier.
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.fused = bool(value)
 
-    ``forward(x, {"cell": Tensor[6, 5]})``. Introduced in chapters/02_darts.py.
-    """
-
-    def __init__(self, C=16, N=5, num_classes=10, partial_channels=1):
-        super().__init__()
-        self.primitives = nb201_space.PRIMITIVES
-        self.shapes = {"cell": (len(nb201_space.EDGES), len(self.primitives))}
-        self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        layers, C_prev = [], C
-        for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
-            if stage > 0:
-                layers.append(ResNetBasicBlock(C_prev, C_curr, 2))
-            layers += [NB201SearchCell(C_curr, partial_channels) for _ in range(N)]
-            C_prev = C_curr
-        self.cells = nn.ModuleList(layers)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU())
-        self.classifier = nn.Linear(C_prev, num_classes)
-
-    def forward(self, x: Tensor, weights: dict[str, Tensor]) -> Tensor:
-        active = check_weights(weights, self.shapes, self.primitives)["cell"]
-        w = weights["cell"]
-        x = self.stem(x)
-        for cell in self.cells:
-            x = cell(x, w, active) if isinstance(cell, NB201SearchCell) else cell(x)
-        return self.classifier(F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1))
+    def at(self, theta: Mapping[str, Tensor], active=None) -> FixedArchitecture:
+        """This supernet with its mixing weights fixed to ``theta``: a model ``x -> logits``."""
+        return FixedArchitecture(self, theta, active)
 
 
-SUPERNETS = {"darts": DartsSupernet, "nb201": NB201Supernet}
-
-
-def build_supernet(space: str, **kwargs) -> nn.Module:
-    """The search supernet of ``space`` ('darts' or 'nb201'): ``build_supernet("darts", C=16, layers=8)``.
+class FixedArchitecture(nn.Module):
+    """A supernet at fixed mixing weights θ, as a plain model ``x -> logits`` (for the evaluator, and for
+    anything else that takes a model). It shares the supernet's weights and train/eval mode.
 
     Introduced in chapters/02_darts.py.
     """
-    key = str(space).strip().lower()
-    if key not in SUPERNETS:
-        raise ValueError(f"Unknown search space {space!r}; valid spaces: {', '.join(SUPERNETS)}.")
-    return SUPERNETS[key](**kwargs)
+
+    def __init__(self, supernet: nn.Module, theta: Mapping[str, Tensor], active=None):
+        super().__init__()
+        check_theta_shapes(theta, supernet.shapes, supernet.primitives)
+        self.supernet = supernet
+        self.theta = {k: v.detach() for k, v in theta.items()}
+        self.active = active
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.supernet(x, self.theta, self.active)
 
 
-__all__ = ["DartsSearchCell", "DartsSupernet", "MixedOp", "NB201SearchCell", "NB201Supernet",
-           "build_supernet",
-           "add_all", "channel_shuffle", "check_weights", "run_dag", "scaled_bn"]
+__all__ = ["FixedArchitecture", "MixedOp", "Supernet", "active_ops", "add_all", "channel_shuffle",
+           "check_theta_shapes", "run_dag", "scaled_bn"]

@@ -1,7 +1,8 @@
 """Training a final network from a genotype (the DARTS evaluation protocol), with a run folder that resumes.
 
-    loss = CE(logits, y) + auxiliary_weight * CE(logits_aux, y);  drop-path ramps 0 -> drop_path;
-    SGD + cosine schedule, cutout, gradient clipping; bf16 autocast on CUDA.
+    objective = NLL(logits, y) + auxiliary_weight * NLL(logits_aux, y) + weight_decay / 2 * ||w||^2
+    drop-path ramps 0 -> drop_path; SGD + cosine schedule, cutout, gradient clipping of the data terms'
+    gradient (DARTS); bf16 autocast on CUDA.
 
 Introduced in chapters/02_darts.py.
 """
@@ -14,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vnas import config, data, runs, spaces
-from vnas.networks import build_network
+from vnas import config, data, metrics, networks, objectives, runs, spaces
 
 
 @dataclass
@@ -27,15 +26,15 @@ class TrainConfig:
     genotype: str = "DARTS_V2"  # a published name, a genotype string, or a genotype.json path
     layers: int = 20  # DARTS: cells; NB201: cells per stage (N)
     channels: int = 36
-    auxiliary: bool = True  # DARTS networks only
+    auxiliary: bool = True  # DARTS networks only (configs/train_nb201.toml sets false)
     auxiliary_weight: float = 0.4
-    drop_path: float = 0.2  # DARTS networks only
+    drop_path: float = 0.2  # DARTS networks only (configs/train_nb201.toml sets 0)
     epochs: int = 600
     batch_size: int = 96
     lr: float = 0.025
     lr_min: float = 0.0
     momentum: float = 0.9
-    weight_decay: float = 3e-4
+    weight_decay: float = 3e-4  # the weights' L2 term l2_w = weight_decay / 2 * ||w||^2
     grad_clip: float = 5.0
     cutout: int = 16
     images_per_class: int = 0  # 0: the whole training set
@@ -60,13 +59,6 @@ def load_train_config(genotype: str, file: Path | None = None, run_mode: str | N
     return config.load_config(TrainConfig, f"train_{space}", file, run_mode, genotype=str(genotype), **overrides)
 
 
-def network_kwargs(cfg: TrainConfig, genotype) -> dict:
-    """The keyword arguments of vnas.networks.build_network for this config and genotype."""
-    if spaces.space_of(genotype).name == "darts":
-        return dict(C=cfg.channels, layers=cfg.layers, auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
-    return dict(C=cfg.channels, N=cfg.layers)
-
-
 class Trainer(runs.EpochLoop):
     """Train and evaluate one final network; in memory (``run=None``) or backed by a run folder.
 
@@ -81,8 +73,7 @@ class Trainer(runs.EpochLoop):
         self.device = device or config.device()
         config.setup(cfg.seed)
         self.genotype = spaces.load_genotype(cfg.genotype)
-        self.model = build_network(self.genotype, num_classes=10, **network_kwargs(cfg, self.genotype))
-        self.model = self.model.to(self.device)
+        self.model = build_network(cfg, self.genotype).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         d = dataset or data.load_cifar10()
@@ -94,10 +85,11 @@ class Trainer(runs.EpochLoop):
         self.train_batches = data.Batches(d.x_train[tr], d.y_train[tr], min(cfg.batch_size, len(tr)), cutout=cfg.cutout,
                                           seed=cfg.seed, **common)
         self.test_batches = data.Batches(d.x_test[te], d.y_test[te], 256, train=False, **common)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        # the L2 term is in the objective (objectives.weight_terms), not in the optimiser
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(cfg.epochs, 1),
                                                                     eta_min=cfg.lr_min)
+        self.watch = runs.FiniteWatch(self.device)
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -105,56 +97,60 @@ class Trainer(runs.EpochLoop):
         n = len(self.train_batches)
         return min(n, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else n
 
+    def step(self, x, y) -> tuple[dict, torch.Tensor]:
+        """One SGD step on the objective; returns its terms and the logits."""
+        cfg = self.cfg
+        with self._autocast():
+            out = self.model(x)
+            logits, logits_aux = out if isinstance(out, tuple) else (out, None)
+            nll = objectives.expected_nll(logits, y)
+            auxiliary = None if logits_aux is None else cfg.auxiliary_weight * objectives.expected_nll(logits_aux, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        (nll if auxiliary is None else nll + auxiliary).backward()
+        params = list(self.model.parameters())
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # the data terms' gradient is clipped (DARTS) ...
+        terms = objectives.weight_terms(nll, len(self.train_batches.y), params, cfg.weight_decay,
+                                        weight_kl=objectives.weight_kl(self.model), auxiliary=auxiliary)
+        terms["penalty"].backward()  # ... and the L2 term's is added after, where SGD adds its weight decay
+        self.optimizer.step()
+        return terms, logits.detach()
+
     def train_epoch(self, on_step=None) -> dict:
         cfg, start = self.cfg, time.perf_counter()
         self.model.train()
-        if hasattr(self.model, "drop_path_prob"):
-            self.model.drop_path_prob = cfg.drop_path * self.epoch / max(cfg.epochs, 1)
+        self.model.drop_path_prob = self.model.drop_path * self.epoch / max(cfg.epochs, 1)  # the linear ramp
         self.train_batches.set_epoch(self.epoch)
         lr = self.scheduler.get_last_lr()[0]
-        total, correct, loss_sum = 0, 0, 0.0
+        means = runs.EpochMeans()
+        self.watch.reset()
         steps = self.steps_per_epoch()
         for step, (x, y) in enumerate(self.train_batches):
             if step >= steps:
                 break
-            with self._autocast():
-                out = self.model(x)
-                logits, logits_aux = out if isinstance(out, tuple) else (out, None)
-                loss = F.cross_entropy(logits, y)
-                if logits_aux is not None:
-                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
-            if not torch.isfinite(loss):
-                raise self._non_finite("training", loss.item(), step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            total += len(y)
+            terms, logits = self.step(x, y)
+            means.add("weights", terms)
+            means.add("train", {"acc": (logits.argmax(1) == y).float().mean()})
+            self.check(self.watch.watch(step, {"training": terms["objective"]}))
             if on_step is not None:
                 on_step()
+        self.check(self.watch.bad())
         self.scheduler.step()
         test = self.evaluate()
         self.epoch += 1
-        row = {"epoch": self.epoch, "lr": lr, "train_loss": loss_sum / max(total, 1),
-               "train_acc": correct / max(total, 1), "test_loss": test["loss"], "test_acc": test["acc"],
+        terms = means.means()
+        row = {"epoch": self.epoch, "lr": lr, "train_loss": terms["weights"]["nll"], "train_acc": terms["train"]["acc"],
+               "test_loss": test["nll"], "test_acc": test["acc"], "weights": terms["weights"],
                "seconds": time.perf_counter() - start}
         self.history.append(row)
         return row
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Loss and accuracy on the test images."""
-        self.model.eval()
-        total, correct, loss_sum = 0, 0, 0.0
-        for x, y in self.test_batches:
-            with self._autocast():
-                logits = self.model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            total += len(y)
-        return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+        """Accuracy and NLL on the test images (``vnas.metrics.evaluate``)."""
+        return metrics.evaluate(self.model, self.test_batches, amp=self.cfg.amp)
+
+    def diagnose(self) -> str:
+        name = runs.first_non_finite(self.model)
+        return f"The first non-finite weight is {name}." if name else ""
 
     def model_state(self) -> dict:
         return {"model": self.model.state_dict()}
@@ -173,12 +169,17 @@ class Trainer(runs.EpochLoop):
     def final(self) -> dict:
         return {"test_acc": self.history[-1]["test_acc"] if self.history else None}
 
-
-def start(cfg: TrainConfig, out: Path, overwrite: bool = False, run_mode: str | None = None, **kw) -> Trainer:
-    run = runs.RunDir.create(out, "train", config.config_dict(cfg), run_mode or config.mode(), overwrite=overwrite)
-    trainer = Trainer(cfg, run=run, **kw)
-    run.write_json("genotype.json", trainer.genotype.to_json())
-    return trainer
+    def started(self) -> None:
+        self.run.write_json("genotype.json", self.genotype.to_json())
 
 
+def build_network(cfg: TrainConfig, genotype=None):
+    """The final network that ``cfg`` trains (``vnas.networks.build_network``: its genotype's space builds it),
+    on the CPU."""
+    genotype = spaces.load_genotype(cfg.genotype) if genotype is None else genotype
+    return networks.build_network(genotype, C=cfg.channels, layers=cfg.layers, num_classes=10,
+                                  auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
+
+
+start = Trainer.start  # a new training backed by a run folder (refused if it already holds a run)
 resume = Trainer.resume  # the training of a run folder, restored from its checkpoint

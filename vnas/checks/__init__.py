@@ -1,11 +1,13 @@
-"""Exercise checkers: ``check_...(fn)`` runs a reader's function on test cases and says in words
-what is wrong (an AssertionError), or prints one line saying what passed.
+"""Exercise checkers: ``check_...(fn)`` runs a reader's function on test cases and returns a
+``CheckResult`` (passed / wrong / not attempted, with the reason in words). In a chapter a result that
+did not pass raises ``ExerciseError``, so the chapter stops there; ``check_...(fn, stop=False)`` only
+returns it (for a grader).
 
 Each chapter's checkers live in their own file; they are all reachable as ``vnas.checks.check_...``.
 Introduced in chapters/00_welcome.py.
 """
 
-from vnas.checks._common import ExerciseError, passed  # noqa: F401
+from vnas.checks._common import STATUSES, CheckResult, ExerciseError, NotAttempted, checker  # noqa: F401
 from vnas.checks.darts import *  # noqa: F403
 from vnas.checks.data import *  # noqa: F403
 from vnas.checks.elbo import *  # noqa: F403

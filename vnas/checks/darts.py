@@ -3,31 +3,39 @@
 import torch
 
 from vnas import spaces
-from vnas.checks._common import call, passed, require
+from vnas.checks._common import call, checker, require
 
 __all__ = ["check_mixed_op", "check_darts_genotype", "check_finite_difference_hvp"]
 
 
-def check_mixed_op(fn) -> None:
-    """``fn(x, ops, w)`` must return sum_o w[o] * ops[o](x) (DARTS Eq. 1)."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 4, 4)
+@checker
+def check_mixed_op(fn) -> str:
+    """``fn(x, ops, theta)`` must return sum_o theta[o] * ops[o](x) (chapter 02, Eq. (2.2))."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=gen)
     ops = [torch.zeros_like, lambda t: t, lambda t: 2 * t + 1, torch.tanh]
-    w = torch.softmax(torch.randn(4), 0)
-    expected = sum(wi * op(x) for wi, op in zip(w, ops, strict=True))
-    out = call(fn, x, ops, w)
+    theta = torch.softmax(torch.randn(4, generator=gen), 0)
+    expected = sum(t * op(x) for t, op in zip(theta, ops, strict=True))
+    out = call(fn, x, ops, theta)
     require(isinstance(out, torch.Tensor), f"Return a tensor, not {type(out).__name__}.")
     require(out.shape == x.shape, f"The output must keep the input's shape {tuple(x.shape)}; got {tuple(out.shape)}.")
     if torch.allclose(out, sum(op(x) for op in ops) / len(ops), atol=1e-5):
-        require(False, "You averaged the ops: each op's output must be weighted by its own w[o].")
-    require(torch.allclose(out, expected, atol=1e-5), "The output is not sum_o w[o] * ops[o](x); check the weighting.")
-    w_leaf = w.clone().requires_grad_()
-    call(fn, x, ops, w_leaf).sum().backward()
-    require(w_leaf.grad is not None, "The output must be differentiable with respect to w (no .detach() or .item()).")
-    passed("mixed op: a weighted sum of the candidate operations, differentiable in the weights.")
+        require(False, "You averaged the ops: each op's output must be weighted by its own theta[o].")
+    best = int(theta.argmax())
+    if torch.allclose(out, ops[best](x), atol=1e-5) or torch.allclose(out, theta[best] * ops[best](x), atol=1e-5):
+        require(False, "You kept only the strongest op: the relaxation mixes every op, each weighted by theta[o].")
+    require(torch.allclose(out, expected, atol=1e-5),
+            "The output is not sum_o theta[o] * ops[o](x); check the weighting.")
+    leaf = theta.clone().requires_grad_()
+    out = call(fn, x, ops, leaf)
+    require(out.requires_grad, "The output must be differentiable with respect to theta (no .detach() or .item()).")
+    out.sum().backward()
+    require(leaf.grad is not None, "The output must be differentiable with respect to theta (no .detach() or .item()).")
+    return "mixed op: a weighted sum of the candidate operations, differentiable in the mixing weights."
 
 
-def check_darts_genotype(fn) -> None:
+@checker
+def check_darts_genotype(fn) -> str:
     """``fn(weights)`` for one DARTS cell (a [14, 8] tensor) must return its 8 (op, input) pairs (DARTS rule)."""
     gen = torch.Generator().manual_seed(1)
     cases = [torch.softmax(torch.randn(14, 8, generator=gen) * 3, -1) for _ in range(5)]
@@ -50,32 +58,51 @@ def check_darts_genotype(fn) -> None:
                     f"{[i for _, i in want_pairs]}. Rank its incoming edges by their strongest non-'none' weight.")
             require(got_pairs == want_pairs, f"Case {k}: node {node + 2} has ops {got_pairs}, expected {want_pairs}: "
                                              "take the argmax over the non-'none' ops of each kept edge.")
-    passed("DARTS genotype: top-2 incoming edges per node by strongest non-'none' weight, argmax op on each.")
+    return "DARTS genotype: top-2 incoming edges per node by strongest non-'none' weight, argmax op on each."
 
 
-def check_finite_difference_hvp(fn) -> None:
+@checker
+def check_finite_difference_hvp(fn) -> str:
     """``fn(grad_alpha, w, v)`` must return [grad_alpha(w + eps v) - grad_alpha(w - eps v)] / (2 eps),
-    eps = 0.01 / ||v|| (DARTS Eq. 8)."""
+    eps = 0.01 / ||v|| (chapter 02, Eq. (2.7); DARTS Eq. 8).
+
+    The test function is not quadratic in w (its gradient in alpha has a third derivative in w), so the
+    central difference depends on the step: a forward difference, or a step that does not shrink with
+    ||v||, gives a measurably different number."""
     gen = torch.Generator().manual_seed(2)
     A = torch.randn(3, 5, generator=gen, dtype=torch.float64)
-    c = torch.randn(3, generator=gen, dtype=torch.float64)
-    # L(w, alpha) = alpha^T A w + (alpha . c) ||w||^2 / 2  ->  grad_alpha L = A w + c ||w||^2 / 2
-    def grad_alpha(w):
-        return A @ w + 0.5 * c * (w * w).sum()
+    b = torch.randn(3, 5, generator=gen, dtype=torch.float64)
 
-    w = torch.randn(5, generator=gen, dtype=torch.float64)
-    for scale in (1.0, 300.0):
-        v = scale * torch.randn(5, generator=gen, dtype=torch.float64)
-        exact = A @ v + c * (w @ v)  # (d/dw grad_alpha L) v
-        out = call(fn, grad_alpha, w, v)
-        require(isinstance(out, torch.Tensor) and out.shape == exact.shape,
-                f"Return a tensor of shape {tuple(exact.shape)}.")
-        if torch.allclose(out, -exact, rtol=1e-6):
-            require(False, "The sign is flipped: it is g(w + eps v) - g(w - eps v), over 2 eps.")
-        if torch.allclose(out, 2 * exact, rtol=1e-6) or torch.allclose(out, exact / 2, rtol=1e-6):
-            require(False, "Off by a factor of 2: a central difference divides by 2 eps.")
-        require(torch.allclose(out, exact, rtol=1e-8, atol=1e-8),
-                f"Not the central difference (error {float((out - exact).norm() / exact.norm()):.1e}). A forward "
-                "difference, or an eps that does not shrink with ||v||, gives this (v here has norm "
-                f"{float(v.norm()):.0f}).")
-    passed("finite-difference Hessian-vector product: central, with eps = 0.01 / ||v||.")
+    def grad_alpha(w):  # grad_alpha of L(w, alpha) = sum_k alpha_k (A_k . tanh(w) + sin(b_k . w))
+        return A @ torch.tanh(w) + torch.sin(b @ w)
+
+    def central(w, v, eps):
+        return (grad_alpha(w + eps * v) - grad_alpha(w - eps * v)) / (2 * eps)
+
+    w = 0.5 * torch.randn(5, generator=gen, dtype=torch.float64)
+    for scale in (30.0, 0.02):
+        v = torch.randn(5, generator=gen, dtype=torch.float64)
+        v = scale * v / v.norm()
+        eps = 0.01 / v.norm()
+        want = central(w, v, eps)
+        out = call(fn, grad_alpha, w.clone(), v.clone())
+        require(isinstance(out, torch.Tensor) and out.shape == want.shape,
+                f"Return a tensor of shape {tuple(want.shape)}.")
+        close = lambda a, ref: bool(torch.allclose(a, ref, rtol=1e-9, atol=1e-12))  # noqa: E731
+        if close(out, want):
+            continue
+        slips = [(-want, "The sign is flipped: it is g(w + eps v) - g(w - eps v), over 2 eps."),
+                 (2 * want, "Off by a factor of 2: a central difference divides by 2 eps."),
+                 (want / 2, "Off by a factor of 1/2: a central difference divides by 2 eps, not 4 eps."),
+                 ((grad_alpha(w + eps * v) - grad_alpha(w)) / eps,
+                  "That is a forward difference, [g(w + eps v) - g(w)] / eps: use the central one, whose error "
+                  "is of order eps^2 instead of eps."),
+                 (central(w, v, 0.01), "The step must shrink with ||v||: eps = 0.01 / ||v||, not 0.01."),
+                 (central(w, v, 0.01 * v.norm()), "The step is eps = 0.01 / ||v||, not 0.01 * ||v||.")]
+        for wrong, message in slips:
+            if close(out, wrong):
+                require(False, message)
+        err = float((out - want).norm() / want.norm())
+        require(False, f"Not the central difference with eps = 0.01 / ||v|| (relative error {err:.1e} for a v of "
+                       f"norm {float(v.norm()):.2g}; this function is not quadratic, so the step size matters).")
+    return "finite-difference Hessian-vector product: central, with eps = 0.01 / ||v||."

@@ -2,12 +2,13 @@
 
 import numpy as np
 
-from vnas.checks._common import call, passed, require
+from vnas.checks._common import call, checker, require
 
 __all__ = ["check_stratified_split"]
 
 
-def check_stratified_split(fn) -> None:
+@checker
+def check_stratified_split(fn) -> str:
     """``fn(y, seed)`` must return two disjoint index arrays, each with half of every class, seeded."""
     y = np.repeat(np.arange(10), 40)[np.random.default_rng(0).permutation(400)]
     out = call(fn, y, 0)
@@ -23,4 +24,4 @@ def check_stratified_split(fn) -> None:
     require(np.array_equal(np.sort(again[0]), np.sort(a)), "The same seed must give the same split.")
     other = call(fn, y, 1)
     require(not np.array_equal(np.sort(other[0]), np.sort(a)), "A different seed should give a different split.")
-    passed("stratified split: disjoint, complete, balanced and seeded.")
+    return "stratified split: disjoint, complete, balanced and seeded."

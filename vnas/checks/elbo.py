@@ -14,7 +14,7 @@ import math
 import torch
 
 from vnas import evidence as ev
-from vnas.checks._common import ExerciseError, call, passed, require
+from vnas.checks._common import ExerciseError, call, checker, require
 
 __all__ = ["check_gaussian_kl", "check_elbo_estimator"]
 
@@ -82,7 +82,8 @@ def _kl_slips(mu_q, s_q, mu_p, s_p, ref: float) -> list[tuple[float, str]]:
     ]
 
 
-def check_gaussian_kl(fn) -> None:
+@checker
+def check_gaussian_kl(fn) -> str:
     """Check ``fn(mu_q, s_q, mu_p, s_p)`` = KL(N(mu_q, diag s_q^2) || N(mu_p, diag s_p^2)) (s: standard
     deviations, result summed over dimensions) against Monte Carlo and the closed form.
 
@@ -106,7 +107,7 @@ def check_gaussian_kl(fn) -> None:
         if se > worst[2]:
             worst = (value, mc, se)
     value, mc, se = worst
-    passed(f"KL matches the closed form and Monte Carlo on {i} random cases "
+    return (f"KL matches the closed form and Monte Carlo on {i} random cases "
            f"(e.g. {value:.4f} vs MC {mc:.4f} +- {se:.4f}), and KL(q || q) = 0.")
 
 
@@ -167,7 +168,8 @@ def _elbo_slips(model, mu, s, n_samples: int) -> list[tuple[float, str]]:
     ]
 
 
-def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> None:
+@checker
+def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> str:
     """Check ``fn(model, mu, s, n_samples)``: a Monte Carlo estimate of the ELBO of
     q = N(mu, diag s^2) for ``model`` (an ``evidence.LinearModel``) that is unbiased against the
     closed form within Monte Carlo error, random, and differentiable w.r.t. mu and s with unbiased
@@ -198,5 +200,5 @@ def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> None:
         require(bool(ok.all()), f"the gradient w.r.t. {name} is biased (its average over {repeats} calls "
                                 "is not the exact gradient): the samples must be a differentiable "
                                 "function w = mu + s * eps, not drawn with .sample() or detached.")
-    passed(f"unbiased: mean of {repeats} estimates {mean:.3f} +- {se:.3f} vs closed form {exact:.3f}; "
+    return (f"unbiased: mean of {repeats} estimates {mean:.3f} +- {se:.3f} vs closed form {exact:.3f}; "
            "random; gradients w.r.t. mu and s unbiased.")

@@ -3,34 +3,54 @@
 import torch
 
 from vnas import posteriors, spaces
-from vnas.checks._common import call, passed, require
+from vnas.checks._common import call, checker, require
 
 __all__ = ["check_architecture_kl", "check_genotype_from_posterior"]
 
 
-def check_architecture_kl(fn) -> None:
-    """``fn(betas, c0, num_data)`` must return sum over cell types and edges of KL(Dir(beta_e) || Dir(c0)),
-    divided by num_data: the architecture term of the ELBO per data point."""
+def _kl_cases():
+    """(betas, c0, num_data) cases: DARTS- and NB201-shaped posteriors, several priors and data sizes."""
     gen = torch.Generator().manual_seed(3)
-    betas = {ct: torch.exp(torch.randn(14, 8, generator=gen, dtype=torch.float64)) for ct in ("normal", "reduce")}
-    n = 25_000
-    want = sum(posteriors.dirichlet_kl(b, 2.0).sum() for b in betas.values()) / n
-    out = call(fn, betas, 2.0, n)
-    require(torch.is_tensor(out) and out.dim() == 0, "Return one number (a 0-dim tensor): the whole KL term.")
-    if torch.isclose(out, want * n, rtol=1e-6):
-        require(False, "Divide by num_data: the likelihood term is a mean over data points, so the KL is too.")
-    if torch.isclose(out, want * n / 14 / 2, rtol=1e-6) or torch.isclose(out, want / 28, rtol=1e-6):
-        require(False, "Sum the KLs over the edges; averaging them changes the weight of the prior.")
-    only_one = posteriors.dirichlet_kl(betas["normal"], 2.0).sum() / n
-    if torch.isclose(out, only_one, rtol=1e-6):
-        require(False, "Only one cell type is counted: every cell type has its own posterior and its own KL.")
-    if torch.isclose(out, -want, rtol=1e-6):
-        require(False, "The sign is flipped: a KL is never negative.")
-    require(torch.isclose(out, want, rtol=1e-6), f"Expected {want.item():.6f}, got {out.item():.6f}.")
-    passed("architecture KL: summed over edges and cell types, per data point.")
+    cases = []
+    for cell_types, shape, c0, n in ((("normal", "reduce"), (14, 8), 2.0, 25_000), (("cell",), (6, 5), 0.5, 500),
+                                     (("normal", "reduce"), (14, 8), 1.0, 1_000), (("cell",), (6, 5), 3.0, 7)):
+        betas = {ct: torch.exp(torch.randn(*shape, generator=gen, dtype=torch.float64)) for ct in cell_types}
+        cases.append((betas, c0, n))
+    return cases
 
 
-def check_genotype_from_posterior(fn) -> None:
+@checker
+def check_architecture_kl(fn) -> str:
+    """``fn(betas, c0, num_data)`` must return sum over cell types and edges of KL(Dir(beta_e) || Dir(c0)),
+    divided by num_data: the architecture term of the ELBO per data point (chapter 04, Eq. (4.2))."""
+    for k, (betas, c0, n) in enumerate(_kl_cases()):
+        total = sum(posteriors.dirichlet_kl(b, c0).sum() for b in betas.values())
+        want = total / n
+        out = call(fn, {ct: b.clone() for ct, b in betas.items()}, c0, n)
+        require(torch.is_tensor(out) and out.dim() == 0, "Return one number (a 0-dim tensor): the whole KL term.")
+        if torch.isclose(out, want, rtol=1e-6):
+            continue
+        n_edges = sum(b.shape[0] for b in betas.values())
+        first = next(iter(betas))
+        hints = [(total, "Divide by num_data: the likelihood term is a mean over data points, so the KL is too."),
+                 (want / n_edges, "Sum the KLs over the edges; averaging them changes the weight of the prior."),
+                 (posteriors.dirichlet_kl(betas[first], c0).sum() / n,
+                  "Only one cell type is counted: every cell type has its own posterior and its own KL."),
+                 (-want, "The sign is flipped: a KL is never negative."),
+                 (sum(posteriors.dirichlet_kl(b, 1.0).sum() for b in betas.values()) / n,
+                  f"Use the prior concentration c0 (here {c0}), not the flat Dir(1).")]
+        for wrong, message in hints:
+            if len(betas) == 1 and "one cell type" in message:
+                continue  # with a single cell type that slip cannot be told apart
+            if torch.isclose(out, wrong, rtol=1e-6):
+                require(False, f"Case {k}: {message}")
+        require(False, f"Case {k} ({', '.join(betas)}, c0 = {c0}, num_data = {n}): expected {want.item():.6g}, "
+                       f"got {out.item():.6g}.")
+    return "architecture KL: summed over edges and cell types, with the prior c0, per data point."
+
+
+@checker
+def check_genotype_from_posterior(fn) -> str:
     """``fn(beta)`` for an NB201 cell (beta: [6, 5] Dirichlet concentrations) must return the cell from the
     posterior mean beta / sum(beta): the argmax op of every edge (``none`` included), as a genotype or string."""
     gen = torch.Generator().manual_seed(4)
@@ -49,4 +69,4 @@ def check_genotype_from_posterior(fn) -> None:
         require(got == want, "Rows are edges (in spaces.nb201.EDGES order), columns ops; take the argmax over "
                              f"the last dimension. For concentrations {beta.round(decimals=2).tolist()} "
                              f"expected {want}, got {got}.")
-    passed("genotype from the posterior mean: argmax op per edge of beta / sum(beta).")
+    return "genotype from the posterior mean: argmax op per edge of beta / sum(beta)."

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from vnas.checks._common import call, passed, require
+from vnas.checks._common import call, checker, require
 
 __all__ = ["check_gumbel_softmax", "check_dirichlet_kl"]
 
@@ -27,7 +27,8 @@ def _argmax_freq(y):
     return torch.bincount(y.argmax(-1), minlength=y.shape[-1]).double() / y.shape[0]
 
 
-def check_gumbel_softmax(fn) -> None:
+@checker
+def check_gumbel_softmax(fn) -> str:
     """Check ``fn(logits, tau, generator)`` = softmax((logits + g) / tau), g = -log(-log u), u ~ U(0, 1).
 
     Introduced in chapters/03_stochastic_relaxations.py, Eq. (3.4).
@@ -69,11 +70,12 @@ def check_gumbel_softmax(fn) -> None:
     (y * torch.arange(4.0, dtype=y.dtype)).sum().backward()
     require(leaf.grad is not None and bool(torch.isfinite(leaf.grad).all()) and leaf.grad.abs().sum() > 0,
             "the gradient w.r.t. the logits is zero or not finite: keep the soft sample (no argmax/one_hot).")
-    passed("gumbel_softmax: samples lie on the simplex, argmax ~ softmax(logits), tau sharpens or flattens "
+    return ("gumbel_softmax: samples lie on the simplex, argmax ~ softmax(logits), tau sharpens or flattens "
            "them, and gradients reach the logits.")
 
 
-def check_dirichlet_kl(fn) -> None:
+@checker
+def check_dirichlet_kl(fn) -> str:
     """Check ``fn(beta, c0)`` = KL(Dir(beta_e) || Dir(c0, ..., c0)) per edge (beta: [E, O] -> [E]).
 
     Introduced in chapters/03_stochastic_relaxations.py, Eq. (3.9).
@@ -109,5 +111,5 @@ def check_dirichlet_kl(fn) -> None:
     require(out.requires_grad, "the KL is not differentiable w.r.t. beta: use torch.lgamma and "
                                "torch.digamma, not math or scipy.")
     require(math.isfinite(out.item()), "the KL is not finite for moderate beta.")
-    passed("dirichlet_kl: matches torch.distributions.kl_divergence per edge, is 0 at beta = c0, and is "
+    return ("dirichlet_kl: matches torch.distributions.kl_divergence per edge, is 0 at beta = c0, and is "
            "differentiable.")

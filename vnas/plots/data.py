@@ -53,7 +53,7 @@ def plot_augmentations(x: np.ndarray, image: int = 0, pad: int = 4, flip: bool =
                        copies: int = 8, seed: int = 0, ax=None):
     """One training image as the batched augmentation of vnas.data sees it, ``copies`` times.
 
-    Cutout is shown in pixel space (holes filled with the mean colour, as after normalisation).
+    Cutout holes hold the mean colour, as in the batches the networks see.
     Introduced in chapters/00_welcome.py.
     """
     ax = _axes(ax, (copies * 1.1, 1.6))
@@ -61,9 +61,8 @@ def plot_augmentations(x: np.ndarray, image: int = 0, pad: int = 4, flip: bool =
     batch = torch.as_tensor(x[image:image + 1]).repeat(copies, 1, 1, 1)
     out = data.crop_flip(batch, gen, pad=pad, flip=flip) if pad else batch
     if cutout:
-        mask = data.cutout_mask(copies, 32, 32, cutout, gen).permute(0, 2, 3, 1)
-        mean = torch.tensor(data.MEAN) * 255
-        out = (out.float() * mask + mean * (1 - mask)).round().to(torch.uint8)
+        hole = data.cutout_mask(copies, 32, 32, cutout, gen).permute(0, 2, 3, 1)
+        out = torch.where(hole, torch.tensor(data.MEAN) * 255, out.float()).round().to(torch.uint8)
     tiles = [np.pad(t.numpy(), ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in out]
     ax.imshow(np.concatenate([np.pad(x[image], ((1, 1), (1, 1), (0, 0)), constant_values=255),
                               np.full((34, 6, 3), 255, np.uint8)] + tiles, 1))

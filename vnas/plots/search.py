@@ -27,37 +27,17 @@ def _axes(ax, figsize):
     return ax
 
 
-def _cell_edges(genotype, cell_type: str):
-    """(src, dst, op) triples and node labels of one cell of a genotype."""
-    if isinstance(genotype, spaces.nb201.Genotype):
-        edges = [(src, dst, op) for (src, dst), op in zip(spaces.nb201.EDGES, genotype.ops(), strict=True)
-                 if op != "none"]
-        return edges, ["in", "1", "2", "out"]
-    pairs = getattr(genotype, cell_type)
-    edges = [(src, 2 + i // 2, op) for i, (op, src) in enumerate(pairs)]
-    concat = getattr(genotype, f"{cell_type}_concat")
-    edges += [(node, 6, "concat") for node in concat]
-    return edges, ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3", "c_{k}"]
-
-
-def _layout(genotype):
-    """Node positions: inputs on the left, the other nodes in a row, the output on the right."""
-    if isinstance(genotype, spaces.nb201.Genotype):
-        return {i: (2.0 * i, 0.0) for i in range(4)}
-    pos = {0: (0.0, 2.2), 1: (0.0, -2.2), 6: (13.0, 0.0)}
-    pos.update({k: (2.6 * (k - 1), 1.0 if k % 2 == 0 else -1.0) for k in range(2, 6)})
-    return pos
-
-
-def plot_cell(genotype, cell_type: str = "normal", ax=None):
+def plot_cell(genotype, cell_type: str | None = None, ax=None):
     """A cell drawn as a DAG with matplotlib (no graphviz): nodes left to right, edges coloured and
-    labelled by their op; long edges arc above or below the row of nodes.
+    labelled by their op; long edges arc above or below the row of nodes. ``cell_type`` defaults to the
+    space's first (DARTS: "normal"; NB201: "cell").
 
     Introduced in chapters/02_darts.py.
     """
     ax = _axes(ax, (8, 3.2))
-    edges, labels = _cell_edges(genotype, cell_type)
-    pos = _layout(genotype)
+    space = spaces.space_of(genotype)
+    cell_type = cell_type or space.cell_types[0]
+    edges, labels, pos = space.cell_graph(genotype, cell_type)
     for src, dst, op in edges:
         (x0, y0), (x1, y1) = pos[src], pos[dst]
         dx, dy = x1 - x0, y1 - y0
@@ -81,10 +61,11 @@ def plot_cell(genotype, cell_type: str = "normal", ax=None):
     xs = [p[0] for p in pos.values()]
     ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
     ys = [p[1] for p in pos.values()]
-    ax.set_ylim(min(ys) - 0.6 - (len(pos) == 4), max(ys) + 0.6 + (len(pos) == 4))  # NB201: room for the arcs
+    flat = max(ys) == min(ys)  # all nodes in one row: leave room for the arcs above and below it
+    ax.set_ylim(min(ys) - 0.6 - flat, max(ys) + 0.6 + flat)
     ax.set_aspect("equal")  # arc3 bends in display space: equal axes keep the label on its curve
     ax.set_axis_off()
-    ax.set_title("NB201 cell" if isinstance(genotype, spaces.nb201.Genotype) else f"{cell_type} cell")
+    ax.set_title(f"{cell_type} cell" if len(space.cell_types) > 1 else "cell")
     return ax
 
 

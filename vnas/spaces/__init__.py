@@ -1,8 +1,10 @@
-"""Search spaces as data: the op set, the cell's edges, genotypes, and how a genotype is derived.
+"""Search spaces: the op set, the cell's edges, genotypes, how a genotype is derived, the networks.
 
 Two spaces: ``darts`` (8 ops, 14 edges, normal and reduce cells; Liu et al., ICLR 2019) and
 ``nb201`` (5 ops, 6 edges, one cell type; Dong & Yang, ICLR 2020, with a table of trained accuracies).
-Code that works on either takes a ``Space`` and never needs to know which one it has.
+Each space builds its own search supernet and final network and scores a genotype (the NB201 table, or
+nothing). Code that works on either takes a ``Space`` and never needs to know which one it has: no
+``if space == ...`` outside this package.
 
 Introduced in chapters/02_darts.py.
 """
@@ -16,12 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vnas.spaces import darts, nb201
+from vnas.spaces import darts, darts_net, nb201, nb201_net, nb201_table
 
 
 @dataclass(frozen=True)
 class Space:
-    """One search space: its ops, edges (src, dst) and cell types, and its genotype functions.
+    """One search space: its ops, edges (src, dst) and cell types, its genotype functions, its networks.
+
+    - ``derive(theta)``, ``one_hot(genotype)``, ``random_genotype(generator)``, ``parse(text)``;
+    - ``build_supernet(C, layers, num_classes, partial_channels)``: the search supernet, ``layers`` cells
+      (DARTS) or cells per stage (NB201);
+    - ``build_network(genotype, C, layers, num_classes, auxiliary, drop_path)``: the final network;
+    - ``score(genotype)``: the benchmark's test accuracy % per dataset (the NB201 table), or None;
+    - ``cell_graph(genotype, cell_type)``: (edges [(src, dst, op)], node labels, node positions) to draw;
+    - ``depth``: what ``layers`` counts, in words.
 
     Introduced in chapters/02_darts.py.
     """
@@ -35,6 +45,11 @@ class Space:
     one_hot: Callable
     random_genotype: Callable
     parse: Callable
+    build_supernet: Callable
+    build_network: Callable
+    score: Callable
+    cell_graph: Callable
+    depth: str
 
     @property
     def num_edges(self) -> int:
@@ -47,12 +62,19 @@ class Space:
         return len(self.ops)
 
 
-def _space(name: str, module) -> Space:
+def _space(name: str, module, networks, score: Callable, depth: str) -> Space:
     return Space(name, module.PRIMITIVES, module.EDGES, module.CELL_TYPES, module.Genotype,
-                 module.derive, module.one_hot, module.random_genotype, module.parse)
+                 module.derive, module.one_hot, module.random_genotype, module.parse,
+                 networks.build_supernet, networks.build_network, score, module.cell_graph, depth)
 
 
-SPACES = {"darts": _space("darts", darts), "nb201": _space("nb201", nb201)}
+def _no_table(genotype) -> None:
+    """The DARTS space has no table of trained accuracies: a cell must be trained to be scored."""
+    return None
+
+
+SPACES = {"darts": _space("darts", darts, darts_net, _no_table, "cells"),
+          "nb201": _space("nb201", nb201, nb201_net, nb201_table.table_accuracy, "cells per stage")}
 
 
 def get_space(name: str) -> Space:
@@ -112,9 +134,9 @@ def load_genotype(spec: str | os.PathLike):
         except json.JSONDecodeError as err:
             raise ValueError(f"The genotype text is not valid JSON ({err}). Give {_FORMS}.") from None
     if text.startswith("|"):
-        return nb201.parse(text)
+        return nb201.Genotype.from_text(text)
     if "Genotype" in text and "(" in text:
-        return darts.parse(text)
+        return darts.Genotype.from_text(text)
     path = Path(text).expanduser()
     if path.is_file():
         try:
@@ -130,4 +152,5 @@ def load_genotype(spec: str | os.PathLike):
     raise ValueError(f"Cannot read a genotype from {text[:60]!r}.{hint} Give {_FORMS}.")
 
 
-__all__ = ["SPACES", "Space", "darts", "get_space", "load_genotype", "nb201", "space_of"]
+__all__ = ["SPACES", "Space", "darts", "darts_net", "get_space", "load_genotype", "nb201", "nb201_net", "nb201_table",
+           "space_of"]

@@ -13,11 +13,11 @@ Introduced in chapters/02_darts.py.
 from __future__ import annotations
 
 import ast
-import difflib
-import json
 from dataclasses import dataclass
 
 import torch
+
+from vnas.spaces.base import GenotypeText, check_theta, unknown_op
 
 PRIMITIVES = (
     "none",
@@ -43,12 +43,6 @@ _EXAMPLE = (
 )
 
 
-def _unknown_op(op, where: str) -> ValueError:
-    close = difflib.get_close_matches(str(op), PRIMITIVES, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"{where}: op {op!r} is not a DARTS op.{hint} Valid ops: {', '.join(PRIMITIVES[1:])}.")
-
-
 def _check_cell(cell_type: str, pairs) -> tuple[tuple[str, int], ...]:
     """The (op, input) pairs of one cell, as tuples, or a ValueError that says which pair is wrong."""
     pairs = tuple(pairs)
@@ -70,7 +64,7 @@ def _check_cell(cell_type: str, pairs) -> tuple[tuple[str, int], ...]:
                 f"keeps it. Use one of {', '.join(PRIMITIVES[1:])}."
             )
         if op not in PRIMITIVES:
-            raise _unknown_op(op, where)
+            raise unknown_op(op, PRIMITIVES, where, "DARTS")
         if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < node:
             raise ValueError(
                 f"{where}: input {src!r} is not a node before {node}; node {node} may read nodes "
@@ -101,7 +95,7 @@ def _check_concat(cell_type: str, concat) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Genotype:
+class Genotype(GenotypeText):
     """A DARTS cell pair: per cell 8 (op, input) pairs, two per node 2..5, and the nodes to concatenate.
 
     Equality ignores the order of the two pairs of a node (they are summed), so that
@@ -109,6 +103,9 @@ class Genotype:
 
     Introduced in chapters/02_darts.py.
     """
+
+    JSON_EXAMPLE = ('{"space": "darts", "normal": [["sep_conv_3x3", 0], ...8 pairs], "normal_concat": [2, 3, 4, 5], '
+                    '"reduce": [...], "reduce_concat": [2, 3, 4, 5]}')
 
     normal: tuple[tuple[str, int], ...]
     normal_concat: tuple[int, ...]
@@ -173,22 +170,12 @@ class Genotype:
         return cls(**fields)
 
     @classmethod
-    def parse(cls, text: str) -> Genotype:
-        """A genotype from its DARTS string form (``str(g)``, also ``range(2, 6)`` concats) or JSON text.
+    def from_text(cls, text: str) -> Genotype:
+        """A genotype from its DARTS string form (``str(g)``, also with ``range(2, 6)`` concats).
 
-        Only literals are read (``ast.literal_eval``), never executed.
-
+        Only literals are read (``ast.literal_eval``), never executed. ``Genotype.parse`` also reads JSON.
         Introduced in chapters/02_darts.py.
         """
-        if not isinstance(text, str):
-            raise ValueError(f"parse expects a string, got {type(text).__name__}.")
-        text = text.strip()
-        if text.startswith("{"):
-            try:
-                return cls.from_json(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"Not valid JSON ({err}); a DARTS genotype in JSON is e.g. "
-                                 f"{json.dumps(DARTS_V2.to_json())[:80]}...") from None
         return cls(**_parse_call(text))
 
 
@@ -257,67 +244,43 @@ DARTS_V2 = Genotype(
 NAMED = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2}
 
 
-def check_weights(weights, cell_types=CELL_TYPES, shape=SHAPE, space="DARTS"):
-    """The weights dict as float CPU tensors, or a ValueError naming the cell type and what is wrong.
-
-    Shared by both spaces. Introduced in chapters/02_darts.py.
-    """
-    if not isinstance(weights, dict):
-        raise ValueError(f"{space} weights must be a dict {{cell_type: Tensor{list(shape)}}} with cell types "
-                         f"{', '.join(cell_types)}; got {type(weights).__name__}.")
-    if set(weights) != set(cell_types):
-        raise ValueError(f"{space} weights have cell types {sorted(weights)}; expected exactly "
-                         f"{', '.join(cell_types)}.")
-    out = {}
-    for ct in cell_types:
-        w = torch.as_tensor(weights[ct]).detach().to("cpu", torch.float64)
-        if tuple(w.shape) != tuple(shape):
-            raise ValueError(f"{space} weights[{ct!r}] has shape {list(w.shape)}; expected {list(shape)} "
-                             f"(one row per edge, one column per op).")
-        if not torch.isfinite(w).all() or (w < 0).any():
-            raise ValueError(f"{space} weights[{ct!r}] must be finite and non-negative (mixing weights on "
-                             f"the simplex, e.g. softmax(alpha)); raw logits rank edges wrongly.")
-        out[ct] = w
-    return out
-
-
-def derive(weights: dict[str, torch.Tensor]) -> Genotype:
+def derive(theta: dict[str, torch.Tensor]) -> Genotype:
     """The DARTS rule: per node the 2 incoming edges whose strongest non-'none' op weighs most,
     each with that op; concatenate all intermediate nodes. Ties go to the lower edge index.
 
-    ``weights[cell_type]`` is a [14, 8] tensor of mixing weights (rows on the simplex, or any
+    ``theta[cell_type]`` is a [14, 8] tensor of mixing weights (rows on the simplex, or any
     non-negative scores), rows in ``EDGES`` order, columns in ``PRIMITIVES`` order.
 
     Introduced in chapters/02_darts.py.
     """
-    weights = check_weights(weights)
+    theta = check_theta(theta, CELL_TYPES, SHAPE, "DARTS")
     cells = {}
     for ct in CELL_TYPES:
-        w = weights[ct].clone()
-        w[:, NONE] = -1.0  # 'none' never wins: it only says how weak an edge is
-        strength, best_op = w.max(dim=1)
+        t = theta[ct].clone()
+        t[:, NONE] = -1.0  # 'none' never wins: it only says how weak an edge is
+        strength, best_op = t.max(dim=1)
+        strength, best_op = strength.tolist(), best_op.tolist()
         pairs = []
         for node in NODES:
             incoming = [e for e, (_, dst) in enumerate(EDGES) if dst == node]
-            top = sorted(incoming, key=lambda e: -strength[e].item())[:2]  # stable: ties keep edge order
+            top = sorted(incoming, key=lambda e: -strength[e])[:2]  # stable: ties keep edge order
             pairs += [(PRIMITIVES[best_op[e]], EDGES[e][0]) for e in top]
         cells[ct] = pairs
     return Genotype(normal=cells["normal"], normal_concat=NODES, reduce=cells["reduce"], reduce_concat=NODES)
 
 
 def one_hot(genotype: Genotype) -> dict[str, torch.Tensor]:
-    """Weights [14, 8] per cell type with a 1 at (edge, op) for each kept edge; unused edges' rows are 0.
-
-    Introduced in chapters/02_darts.py.
+    """Mixing weights θ [14, 8] per cell type with a 1 at (edge, op) for each kept edge; the rows of
+    unused edges are 0. Introduced in chapters/02_darts.py.
     """
     if not isinstance(genotype, Genotype):
         raise ValueError(f"one_hot expects a DARTS Genotype, got {type(genotype).__name__}.")
     out = {}
     for ct in CELL_TYPES:
-        w = torch.zeros(len(EDGES), len(PRIMITIVES))
+        t = torch.zeros(SHAPE)
         for i, (op, src) in enumerate(getattr(genotype, ct)):
-            w[EDGES.index((src, NODES[i // 2])), PRIMITIVES.index(op)] = 1.0
-        out[ct] = w
+            t[EDGES.index((src, NODES[i // 2])), PRIMITIVES.index(op)] = 1.0
+        out[ct] = t
     return out
 
 
@@ -335,3 +298,20 @@ def random_genotype(generator: torch.Generator) -> Genotype:
             pairs += [(PRIMITIVES[o], s) for o, s in zip(ops, inputs, strict=True)]
         cells[ct] = pairs
     return Genotype(normal=cells["normal"], normal_concat=NODES, reduce=cells["reduce"], reduce_concat=NODES)
+
+
+def cell_graph(genotype: Genotype, cell_type: str = "normal"):
+    """One cell of a genotype as a graph to draw: (edges [(src, dst, op)], node labels, node positions).
+
+    Inputs c_{k-2}, c_{k-1} on the left, nodes 0..3 in a zig-zag row, the concatenated output on the right.
+    Introduced in chapters/02_darts.py.
+    """
+    if cell_type not in CELL_TYPES:
+        raise ValueError(f"A DARTS genotype has cell types {', '.join(CELL_TYPES)}, not {cell_type!r}.")
+    pairs = getattr(genotype, cell_type)
+    edges = [(src, 2 + i // 2, op) for i, (op, src) in enumerate(pairs)]
+    edges += [(node, 6, "concat") for node in getattr(genotype, f"{cell_type}_concat")]
+    labels = ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3", "c_{k}"]
+    positions = {0: (0.0, 2.2), 1: (0.0, -2.2), 6: (13.0, 0.0)}
+    positions.update({k: (2.6 * (k - 1), 1.0 if k % 2 == 0 else -1.0) for k in NODES})
+    return edges, labels, positions

@@ -5,47 +5,38 @@ each carrying one of 5 ops ('none' included: a cell may drop an edge). The netwo
 of N cells (C, 2C, 4C channels) joined by residual reduction blocks.
 
 Every cell was trained (200 epochs) on CIFAR-10, CIFAR-100 and ImageNet16-120, so a searched cell
-can be scored by a table look-up instead of a training run. The numbers come from NATS-Bench
-(topology search space, MIT licence, X. Dong); cite
-  X. Dong, Y. Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture Search",
-  ICLR 2020;
-  X. Dong, L. Liu, K. Musial, B. Gabrys, "NATS-Bench: Benchmarking NAS Algorithms for Architecture
-  Topology and Size", IEEE TPAMI 2021.
-How the shipped table was made: data/make_nb201_table.py and data/README.md.
+can be scored by a table look-up instead of a training run: ``vnas.spaces.nb201_table``.
+Source: X. Dong, Y. Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture
+Search", ICLR 2020.
 
 Introduced in chapters/02_darts.py.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import functools
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from vnas.config import DATA_DIR
-from vnas.spaces.darts import check_weights
+from vnas.spaces.base import GenotypeText, check_theta, unknown_op
 
 PRIMITIVES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 CELL_TYPES = ("cell",)
 EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))  # (src, dst), the order of the NB201 string
 NODES = (1, 2, 3)
-DATASETS = ("cifar10", "cifar100", "imagenet16")
-TABLE_PATH = DATA_DIR / "nb201_table.csv"
-TABLE_SIZE = len(PRIMITIVES) ** len(EDGES)
+SHAPE = (len(EDGES), len(PRIMITIVES))  # one row of mixing weights per edge
 _EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 
 
 @dataclass(frozen=True, repr=False)
-class Genotype:
+class Genotype(GenotypeText):
     """An NB201 cell: ``nodes[j - 1]`` holds node j's j pairs (op, src), src = 0..j-1 in order.
 
     Introduced in chapters/02_darts.py.
     """
+
+    JSON_EXAMPLE = '{"space": "nb201", "nodes": [[["nor_conv_3x3", 0]], [["nor_conv_3x3", 0], ["none", 1]], ...]}'
 
     nodes: tuple[tuple[tuple[str, int], ...], ...]
 
@@ -110,19 +101,11 @@ class Genotype:
         return cls(nodes=d["nodes"])
 
     @classmethod
-    def parse(cls, text: str) -> Genotype:
-        """A genotype from the NB201 string (``str(g)``) or from JSON text.
+    def from_text(cls, text: str) -> Genotype:
+        """A genotype from the NB201 string (``str(g)``); ``Genotype.parse`` also reads JSON.
 
         Introduced in chapters/02_darts.py.
         """
-        if not isinstance(text, str):
-            raise ValueError(f"parse expects a string, got {type(text).__name__}.")
-        text = text.strip()
-        if text.startswith("{"):
-            try:
-                return cls.from_json(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"Not valid JSON ({err}).") from None
         if not (text.startswith("|") and text.endswith("|") and text.count("+") == len(NODES) - 1):
             raise ValueError(f"Not an NB201 genotype string: {text[:60]!r}. A valid one has 3 nodes "
                              f"separated by '+', each edge written op~src between bars, e.g. {_EXAMPLE}")
@@ -146,10 +129,7 @@ def _check_pair(node: int, src: int, pair) -> tuple[str, int]:
                          f"('nor_conv_3x3', {src}).")
     op, given = pair
     if op not in PRIMITIVES:
-        close = difflib.get_close_matches(str(op), PRIMITIVES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"NB201 node {node}, edge ({src}, {node}): op {op!r} is not an NB201 op.{hint} "
-                         f"Valid ops: {', '.join(PRIMITIVES)}.")
+        raise unknown_op(op, PRIMITIVES, f"NB201 node {node}, edge ({src}, {node})", "NB201")
     if given != src or isinstance(given, bool):
         raise ValueError(f"NB201 node {node}: edge {src} comes from node {given!r}, but node {node} lists "
                          f"exactly one edge from each of nodes 0..{node - 1}, in that order.")
@@ -164,28 +144,28 @@ def parse(text: str) -> Genotype:
     return Genotype.parse(text)
 
 
-def derive(weights: dict[str, torch.Tensor]) -> Genotype:
+def derive(theta: dict[str, torch.Tensor]) -> Genotype:
     """Per edge the op with the largest weight, 'none' included (NB201 cells may drop edges).
 
-    ``weights["cell"]`` is a [6, 5] tensor, rows in ``EDGES`` order, columns in ``PRIMITIVES`` order.
+    ``theta["cell"]`` is a [6, 5] tensor, rows in ``EDGES`` order, columns in ``PRIMITIVES`` order.
 
     Introduced in chapters/02_darts.py.
     """
-    w = check_weights(weights, CELL_TYPES, (len(EDGES), len(PRIMITIVES)), "NB201")["cell"]
-    return Genotype.from_ops(w.argmax(dim=1).tolist())
+    t = check_theta(theta, CELL_TYPES, SHAPE, "NB201")["cell"]
+    return Genotype.from_ops(t.argmax(dim=1).tolist())
 
 
 def one_hot(genotype: Genotype) -> dict[str, torch.Tensor]:
-    """Weights {"cell": [6, 5]} with a 1 at each edge's op.
+    """Mixing weights θ = {"cell": [6, 5]} with a 1 at each edge's op.
 
     Introduced in chapters/02_darts.py.
     """
     if not isinstance(genotype, Genotype):
         raise ValueError(f"one_hot expects an NB201 Genotype, got {type(genotype).__name__}.")
-    w = torch.zeros(len(EDGES), len(PRIMITIVES))
+    t = torch.zeros(SHAPE)
     for e, op in enumerate(genotype.ops()):
-        w[e, PRIMITIVES.index(op)] = 1.0
-    return {"cell": w}
+        t[e, PRIMITIVES.index(op)] = 1.0
+    return {"cell": t}
 
 
 def random_genotype(generator: torch.Generator) -> Genotype:
@@ -196,74 +176,12 @@ def random_genotype(generator: torch.Generator) -> Genotype:
     return Genotype.from_ops(torch.randint(len(PRIMITIVES), (len(EDGES),), generator=generator).tolist())
 
 
-# --- the accuracy table -------------------------------------------------------------------------
-
-class TableError(ValueError):
-    """The shipped NB201 table is missing or damaged; the message says how to rebuild it."""
-
-
-@functools.lru_cache(maxsize=4)
-def load_table(path: Path = TABLE_PATH) -> dict[tuple[str, ...], tuple[float, float, float]]:
-    """The table as {ops in EDGES order: (cifar10, cifar100, imagenet16) test accuracy %}, read once.
-
-    Row i of the file is NAS-Bench-201 index i; ``ops`` there are 6 digits, PRIMITIVES indices.
+def cell_graph(genotype: Genotype, cell_type: str = "cell"):
+    """The cell as a graph to draw: (edges [(src, dst, op)] without 'none', node labels, node positions).
 
     Introduced in chapters/02_darts.py.
     """
-    path = Path(path)
-    fix = ("Rebuild it with `python data/make_nb201_table.py --source PATH/TO/nats_bench.csv` "
-           "(see data/README.md, section 'nb201 table').")
-    if not path.is_file():
-        raise TableError(f"The NAS-Bench-201 table {path} is missing. {fix}")
-    table = {}
-    try:
-        with open(path, newline="") as f:
-            rows = csv.reader(f)
-            header = next(rows, None)
-            if header != ["ops", *DATASETS]:
-                raise ValueError(f"header {header} is not {['ops', *DATASETS]}")
-            for row in rows:
-                ops, *accs = row
-                if len(ops) != len(EDGES) or len(accs) != len(DATASETS):
-                    raise ValueError(f"row {row} is not 6 op digits and 3 accuracies")
-                accs = tuple(float(a) for a in accs)
-                if not all(0.0 <= a <= 100.0 for a in accs):
-                    raise ValueError(f"row {row} has an accuracy outside 0..100")
-                table[tuple(PRIMITIVES[int(d)] for d in ops)] = accs
-    except (ValueError, IndexError, UnicodeDecodeError) as err:
-        raise TableError(f"The NAS-Bench-201 table {path} is damaged ({err}). {fix}") from None
-    if len(table) != TABLE_SIZE:
-        raise TableError(f"The NAS-Bench-201 table {path} has {len(table)} distinct cells, "
-                         f"not {TABLE_SIZE}. {fix}")
-    return table
-
-
-def table_accuracy(genotype: Genotype | str) -> dict[str, float]:
-    """Test accuracy % of a cell after 200 epochs (mean over seeds) on CIFAR-10, CIFAR-100, ImageNet16-120.
-
-    Source: NAS-Bench-201 / NATS-Bench (Dong & Yang, ICLR 2020; Dong et al., TPAMI 2021).
-
-    Introduced in chapters/02_darts.py.
-    """
-    if isinstance(genotype, str):
-        genotype = Genotype.parse(genotype)
-    if not isinstance(genotype, Genotype):
-        raise ValueError(f"table_accuracy needs an NB201 Genotype (or its string); got "
-                         f"{type(genotype).__module__}.{type(genotype).__name__}. The table covers only "
-                         f"NB201 cells.")
-    return dict(zip(DATASETS, load_table(TABLE_PATH)[genotype.ops()], strict=True))
-
-
-def table_best(dataset: str = "cifar10") -> tuple[Genotype, dict[str, float]]:
-    """The cell with the highest test accuracy on ``dataset`` (CIFAR-10 by default) and its accuracies.
-
-    Ties go to the lower NAS-Bench-201 index (two cells share the CIFAR-10 optimum, 94.37).
-
-    Introduced in chapters/02_darts.py.
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r}; the table has {', '.join(DATASETS)}.")
-    col = DATASETS.index(dataset)
-    table = load_table(TABLE_PATH)
-    ops = max(table, key=lambda k: table[k][col])  # max keeps the first (lowest index) of equal values
-    return Genotype.from_ops(ops), dict(zip(DATASETS, table[ops], strict=True))
+    if cell_type not in CELL_TYPES:
+        raise ValueError(f"An NB201 genotype has one cell type, 'cell', not {cell_type!r}.")
+    edges = [(src, dst, op) for (src, dst), op in zip(EDGES, genotype.ops(), strict=True) if op != "none"]
+    return edges, ["in", "1", "2", "out"], {i: (2.0 * i, 0.0) for i in range(4)}

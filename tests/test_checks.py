@@ -1,0 +1,226 @@
+"""Every exercise checker, called directly: the reference answer passes, plausible wrong answers are
+rejected with the right diagnosis, and the result is structured (passed / wrong / not attempted).
+
+Chapter 01's checkers (Gaussian KL, ELBO estimator) are tested the same way in tests/test_evidence.py.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from vnas import checks, posteriors, spaces
+
+# --- reference answers (as in the chapters) ----------------------------------------------------------
+
+
+def split_right(y, seed=0):
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        first.append(idx[: len(idx) // 2])
+        second.append(idx[len(idx) // 2:])
+    return np.concatenate(first), np.concatenate(second)
+
+
+def mixed_right(x, ops, theta):
+    return sum(t * op(x) for t, op in zip(theta, ops, strict=True))
+
+
+def genotype_right(theta, ops=spaces.darts.PRIMITIVES, edges=spaces.darts.EDGES, exclude_none=True):
+    pairs = []
+    for node in range(2, 6):
+        best = []
+        for e, (src, dst) in enumerate(edges):
+            if dst != node:
+                continue
+            allowed = [k for k in range(len(ops)) if ops[k] != "none" or not exclude_none]
+            k = max(allowed, key=lambda k: float(theta[e, k]))
+            best.append((float(theta[e, k]), ops[k], src))
+        best.sort(reverse=True)
+        pairs += [(op, src) for _, op, src in best[:2]]
+    return pairs
+
+
+def hvp_right(grad_alpha, w, v, eps=None):
+    eps = 0.01 / v.norm() if eps is None else eps
+    return (grad_alpha(w + eps * v) - grad_alpha(w - eps * v)) / (2 * eps)
+
+
+def gumbel_right(logits, tau, generator=None):
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype)
+    return torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+
+
+def kl_right(beta, c0):
+    return posteriors.dirichlet_kl(beta, c0)
+
+
+def arch_kl_right(betas, c0, num_data):
+    return sum(posteriors.dirichlet_kl(b, c0).sum() for b in betas.values()) / num_data
+
+
+def nb201_right(beta):
+    mean = beta / beta.sum(-1, keepdim=True)
+    return spaces.nb201.Genotype.from_ops([spaces.nb201.PRIMITIVES[k] for k in mean.argmax(-1).tolist()])
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+CHECKERS = {
+    "check_stratified_split": split_right, "check_mixed_op": mixed_right, "check_darts_genotype": genotype_right,
+    "check_finite_difference_hvp": hvp_right, "check_gumbel_softmax": gumbel_right,
+    "check_dirichlet_kl": kl_right, "check_architecture_kl": arch_kl_right,
+    "check_genotype_from_posterior": nb201_right,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_reference_passes_and_a_stub_is_not_attempted(name):
+    check = getattr(checks, name)
+    result = check(CHECKERS[name])
+    assert isinstance(result, checks.CheckResult) and result.status == "passed" and result.passed
+    assert result.exercise == name.removeprefix("check_") and str(result).startswith("\N{CHECK MARK}")
+    result = check(stub, stop=False)
+    assert result.status == "not attempted" and "not written yet" in result.reason
+    with pytest.raises(checks.NotAttempted) as err:
+        check(stub)
+    assert err.value.result == result
+
+
+def test_every_chapter_checker_is_covered_here_or_in_test_evidence():
+    names = {n for n in dir(checks) if n.startswith("check_")}
+    assert names == set(CHECKERS) | {"check_gaussian_kl", "check_elbo_estimator"}
+
+
+def test_an_exception_in_the_answer_is_a_wrong_answer_with_its_message():
+    def crashes(x, ops, theta):
+        return x[99]
+
+    result = checks.check_mixed_op(crashes, stop=False)
+    assert result.status == "wrong" and "IndexError" in result.reason
+    with pytest.raises(checks.ExerciseError, match="IndexError") as err:
+        checks.check_mixed_op(crashes)
+    assert err.value.result.status == "wrong"
+
+
+# --- plausible wrong answers, one diagnosis each ---------------------------------------------------
+
+def _wrong(check, answer, message):
+    result = check(answer, stop=False)
+    assert result.status == "wrong", f"{check.__name__} accepted a wrong answer"
+    assert message in result.reason, result.reason
+    with pytest.raises(checks.ExerciseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check(answer)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda y, seed=0: (np.arange(len(y) // 2), np.arange(len(y) // 2, len(y))), "half of every class"),
+    (lambda y, seed=0: (np.arange(len(y)), np.arange(len(y) // 2)), "share indices"),
+    (lambda y, seed=0: split_right(y, seed=None), "same seed must give the same split"),
+    (lambda y, seed=0: split_right(y, seed=0), "different seed"),
+    (lambda y, seed=0: tuple(m.astype(bool) for m in split_right(y, seed)), "integer index arrays"),
+])
+def test_stratified_split_checker_rejects(answer, message):
+    _wrong(checks.check_stratified_split, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda x, ops, theta: sum(op(x) for op in ops) / len(ops), "averaged"),
+    (lambda x, ops, theta: ops[int(theta.argmax())](x), "strongest op"),
+    (lambda x, ops, theta: mixed_right(x, ops, theta.detach()), "differentiable"),
+    (lambda x, ops, theta: mixed_right(x, ops, theta.flip(0)), "check the weighting"),
+    (lambda x, ops, theta: mixed_right(x, ops, theta).mean(0), "shape"),
+])
+def test_mixed_op_checker_rejects(answer, message):
+    _wrong(checks.check_mixed_op, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda theta: genotype_right(theta, exclude_none=False), "'none'"),
+    (lambda theta: genotype_right(theta)[:6], "Return 8"),
+    (lambda theta: [(op, src) for op, src in genotype_right(torch.softmax(theta.T, -1).T)], "node"),
+])
+def test_darts_genotype_checker_rejects(answer, message):
+    _wrong(checks.check_darts_genotype, answer, message)
+
+
+def _sum_ranked(theta, ops=spaces.darts.PRIMITIVES, edges=spaces.darts.EDGES):
+    """Ranks edges by the sum of their non-'none' weights instead of the strongest one."""
+    strength = theta[:, 1:].sum(-1)
+    pairs = []
+    for node in range(2, 6):
+        incoming = sorted((e for e, (_, dst) in enumerate(edges) if dst == node), key=lambda e: -float(strength[e]))
+        pairs += [(ops[1 + int(theta[e, 1:].argmax())], edges[e][0]) for e in incoming[:2]]
+    return pairs
+
+
+def test_darts_genotype_checker_rejects_a_sum_ranking():
+    _wrong(checks.check_darts_genotype, _sum_ranked, "strongest non-'none' weight")
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda g, w, v: -hvp_right(g, w, v), "sign is flipped"),
+    (lambda g, w, v: 2 * hvp_right(g, w, v), "factor of 2"),
+    (lambda g, w, v: (g(w + 0.01 / v.norm() * v) - g(w)) / (0.01 / v.norm()), "forward difference"),
+    (lambda g, w, v: hvp_right(g, w, v, eps=0.01), "not 0.01."),
+    (lambda g, w, v: hvp_right(g, w, v, eps=0.01 * v.norm()), "not 0.01 * ||v||"),
+    (lambda g, w, v: hvp_right(g, w, v, eps=1e-3 / v.norm()), "step size matters"),
+])
+def test_hvp_checker_rejects_every_wrong_step(answer, message):
+    """The test function is not quadratic, so the step size matters (a quadratic would accept them all)."""
+    _wrong(checks.check_finite_difference_hvp, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda logits, tau, generator=None: torch.softmax(logits / tau - torch.log(-torch.log(
+        torch.rand(logits.shape, generator=generator, dtype=logits.dtype))), -1), "divide the whole sum"),
+    (lambda logits, tau, generator=None: torch.softmax((logits + torch.randn(
+        logits.shape, generator=generator, dtype=logits.dtype)) / tau, -1), "Check the noise"),
+    (lambda logits, tau, generator=None: gumbel_right(logits, tau, generator)[:1].expand_as(logits),
+     "every row is the same"),
+    (lambda logits, tau, generator=None: gumbel_right(logits, tau, None), "generators seeded alike"),
+    (lambda logits, tau, generator=None: gumbel_right(logits, tau, generator).detach(), "not differentiable"),
+])
+def test_gumbel_checker_rejects(answer, message):
+    _wrong(checks.check_gumbel_softmax, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda beta, c0: -kl_right(beta, c0), "negative of it"),
+    (lambda beta, c0: posteriors.dirichlet_kl(torch.full_like(beta, c0), beta), "KL(Dir(c0) || Dir(beta))"),
+    (lambda beta, c0: kl_right(beta, c0)[..., None].expand_as(beta) / beta.shape[-1], "one value per op"),
+    (lambda beta, c0: kl_right(beta, 1.0), "must be 0 when beta = c0"),  # the prior's c0 ignored
+])
+def test_dirichlet_kl_checker_rejects(answer, message):
+    _wrong(checks.check_dirichlet_kl, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda betas, c0, n: arch_kl_right(betas, c0, n) * n, "Divide by num_data"),
+    (lambda betas, c0, n: arch_kl_right(betas, c0, n) / sum(b.shape[0] for b in betas.values()), "averaging"),
+    (lambda betas, c0, n: posteriors.dirichlet_kl(next(iter(betas.values())), c0).sum() / n, "one cell type"),
+    (lambda betas, c0, n: arch_kl_right(betas, 1.0, n), "not the flat Dir(1)"),
+    (lambda betas, c0, n: -arch_kl_right(betas, c0, n), "sign is flipped"),
+    (lambda betas, c0, n: torch.tensor(0.0176, dtype=torch.float64), "expected"),  # a value hard-coded from case 0
+])
+def test_architecture_kl_checker_rejects(answer, message):
+    _wrong(checks.check_architecture_kl, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda beta: nb201_right(torch.cat([torch.zeros(6, 1), beta[:, 1:]], 1)), "'none' is an ordinary choice"),
+    (lambda beta: spaces.nb201.Genotype.from_ops([spaces.nb201.PRIMITIVES[k % 5] for k in beta.argmax(0).tolist()]
+                                                 + ["none"]), "ordinary choice"),  # argmax over edges
+    (lambda beta: "not a genotype", "Return an NB201 genotype"),
+])
+def test_genotype_from_posterior_checker_rejects(answer, message):
+    _wrong(checks.check_genotype_from_posterior, answer, message)
+
+
+def test_genotype_from_posterior_accepts_the_argmax_of_beta_itself():
+    """Normalising a row does not move its argmax: argmax of beta is a right answer, not a slip."""
+    result = checks.check_genotype_from_posterior(lambda beta: nb201_right(beta * 7.0))
+    assert result.passed
