@@ -10,13 +10,16 @@ the NB201 supernet (C=16, N=5, batch 64); ``--quick`` uses small proxies (5 cell
 - reference: benchmarks/reference_darts.py, the structure of the original DARTS model_search.py (every op
   of every edge summed in Python, ``none`` as x * 0, alphas inside the model, NCHW float32, and the
   original's ``loss.backward()`` for the architecture step, which also computes weight gradients).
-- ours: vnas.supernet with the softmax weights passed from outside; channels_last (and bf16 autocast on
-  CUDA); the architecture step asks autograd for the gradient of the logits only, the weight step
-  computes the mixing weights without a graph.
+- ours: the search step of the library itself, ``Search.architecture_step`` then ``Search.weight_step``
+  (vnas.search) for the method ``darts``: the space's supernet with the mixing weights θ passed from
+  outside, every term of both objectives computed and returned (vnas.objectives), the L2 terms as terms;
+  channels_last (and bf16 autocast on CUDA); the architecture step asks autograd for the gradient of θ
+  only, the weight step samples θ without a graph. Our networks normalise pixels in their first module.
 Before timing, both are loaded with the same weights and must agree in float64 (logits and the
-architecture gradient). Each (config, implementation) runs in its own subprocess, so that peak memory is
-its own: on CPU the peak resident set size (ru_maxrss, which includes torch itself) and in brackets its
-growth over the RSS after import; on CUDA torch.cuda.max_memory_allocated.
+architecture gradient; the reference is handed the pixels our first module normalises). Each (config,
+implementation) runs in its own subprocess, so that peak memory is its own: on CPU the peak resident set
+size (ru_maxrss, which includes torch itself) and in brackets its growth over the RSS after import; on
+CUDA torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
@@ -39,27 +42,29 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import reference_darts as ref  # noqa: E402
 
-from vnas.supernet import DartsSupernet, NB201Supernet  # noqa: E402
+from vnas import data, search, spaces  # noqa: E402
+from vnas.ops import Normalise  # noqa: E402
 
-CONFIGS = {  # name: (space, model kwargs, batch, image size)
+CONFIGS = {  # name: (space, model kwargs: channels C and layers (DARTS cells, NB201 cells per stage N), batch, size)
     "darts": ("darts", dict(C=16, layers=8), 64, 32),
-    "nb201": ("nb201", dict(C=16, N=5), 64, 32),
+    "nb201": ("nb201", dict(C=16, layers=5), 64, 32),
     "darts-quick": ("darts", dict(C=8, layers=5), 16, 16),
-    "nb201-quick": ("nb201", dict(C=8, N=2), 16, 16),
+    "nb201-quick": ("nb201", dict(C=8, layers=2), 16, 16),
 }
 IMPLS = ("reference", "reference+cl", "ours", "ours-nchw")
 
 
-def build(space: str, kw: dict, impl: str):
-    """The model, its weight parameters, the alpha logits and a function alphas -> mixing weights."""
-    if impl.startswith("reference"):
-        model = (ref.Network(kw["C"], 10, kw["layers"]) if space == "darts"
-                 else ref.NB201Network(kw["C"], kw["N"], 10))
-        return model, model.weight_parameters(), model.arch_parameters()
-    model = DartsSupernet(**kw) if space == "darts" else NB201Supernet(**kw)
-    keys = ("normal", "reduce") if space == "darts" else ("cell",)
-    alphas = {k: torch.nn.Parameter(1e-3 * torch.randn(*model.shapes[k])) for k in keys}
-    return model, list(model.parameters()), alphas
+def build_reference(space: str, kw: dict):
+    """The reference model (its alphas inside)."""
+    return (ref.Network(kw["C"], 10, kw["layers"]) if space == "darts"
+            else ref.NB201Network(kw["C"], kw["layers"], 10))
+
+
+def build_search(space: str, kw: dict, batch: int, impl: str, device: str) -> search.Search:
+    """The library's search for method darts on this config (its data: the bundled tiny set, unused here)."""
+    cfg = search.SearchConfig(space=space, method="darts", channels=kw["C"], layers=kw["layers"], batch_size=batch,
+                              epochs=1, channels_last=impl == "ours")
+    return search.Search(cfg, dataset=data.load_cifar10(tiny=True), device=torch.device(device), progress=False)
 
 
 def ref_to_ours(state: dict) -> dict:
@@ -78,17 +83,18 @@ def ref_to_ours(state: dict) -> dict:
 def check_same_function(space: str, kw: dict, size: int) -> float:
     """Largest difference of logits and architecture gradients between reference and ours, in float64."""
     torch.manual_seed(0)
-    r, _, r_alphas = build(space, kw, "reference")
-    o, _, _ = build(space, kw, "ours")
+    r = build_reference(space, kw)
+    r_alphas = r.arch_parameters()
+    o = spaces.get_space(space).build_supernet(C=kw["C"], layers=kw["layers"], num_classes=10)
     o.load_state_dict(ref_to_ours(r.state_dict()))
     r.double()
     o.double().to(memory_format=torch.channels_last)
-    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    x = torch.rand(4, 3, size, size, dtype=torch.float64)  # pixels in [0, 1]
     y = torch.arange(4) % 10
-    loss_r = F.cross_entropy(logits_r := r(x), y)
+    loss_r = F.cross_entropy(logits_r := r(Normalise().double()(x)), y)
     g_r = torch.autograd.grad(loss_r, r_alphas)
     o_alphas = [a.detach().clone().requires_grad_() for a in r_alphas]
-    keys = ("normal", "reduce") if space == "darts" else ("cell",)
+    keys = spaces.get_space(space).cell_types
     logits_o = o(x, {k: F.softmax(a, -1) for k, a in zip(keys, o_alphas, strict=True)})
     g_o = torch.autograd.grad(F.cross_entropy(logits_o, y), o_alphas)
     diffs = [(logits_r - logits_o).abs().max()]
@@ -109,49 +115,38 @@ def run_one(space: str, kw: dict, batch: int, size: int, impl: str, steps: int, 
     rss0 = _rss_kb()
     dev = torch.device(device)
     torch.manual_seed(0)
-    model, params, alphas = build(space, kw, impl)
-    model.to(dev)
-    fast = impl in ("ours", "reference+cl")  # channels_last
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
-    arch = list(alphas.values()) if isinstance(alphas, dict) else alphas
-    for a in arch:
-        a.data = a.data.to(dev)
-    opt_w = torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=3e-4)
-    opt_a = torch.optim.Adam(arch, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    data = [(torch.randn(batch, 3, size, size, device=dev), torch.randint(0, 10, (batch,), device=dev))
-            for _ in range(2)]
-    if fast:
-        data = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in data]
-    bf16 = dev.type == "cuda" and impl.startswith("ours")
-    autocast = torch.autocast("cuda", torch.bfloat16) if bf16 else None
+    channels_last = impl in ("ours", "reference+cl")
+    batches = [(torch.rand(batch, 3, size, size, device=dev), torch.randint(0, 10, (batch,), device=dev))
+               for _ in range(2)]
+    if channels_last:
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    (x_t, y_t), (x_v, y_v) = batches
 
-    def forward(x, y, mix=None):
-        if autocast is None:
-            return F.cross_entropy(model(x) if mix is None else model(x, mix), y)
-        with autocast:
-            return F.cross_entropy(model(x, mix), y)
+    if impl.startswith("reference"):
+        model = build_reference(space, kw).to(dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        params, arch = model.weight_parameters(), model.arch_parameters()
+        for a in arch:
+            a.data = a.data.to(dev)
+        opt_w = torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=3e-4)
+        opt_a = torch.optim.Adam(arch, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
 
-    def step():
-        (x_t, y_t), (x_v, y_v) = data
-        opt_a.zero_grad(set_to_none=True)
-        if impl.startswith("reference"):  # the original: one backward for everything
-            forward(x_v, y_v).backward()
-        else:  # only d loss / d alpha
-            loss = forward(x_v, y_v, {k: F.softmax(a, -1) for k, a in alphas.items()})
-            for a, g in zip(arch, torch.autograd.grad(loss, arch), strict=True):
-                a.grad = g
-        opt_a.step()
-        if impl.startswith("reference"):
-            loss = forward(x_t, y_t)
-        else:
-            with torch.no_grad():
-                mix = {k: F.softmax(a, -1) for k, a in alphas.items()}
-            loss = forward(x_t, y_t, mix)
-        opt_w.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt_w.step()
+        def step():  # the original: one backward for everything, the L2 terms as the optimisers' weight decay
+            opt_a.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x_v), y_v).backward()
+            opt_a.step()
+            opt_w.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x_t), y_t).backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt_w.step()
+    else:
+        s = build_search(space, kw, batch, impl, device)
+        s.supernet.train()
+
+        def step():  # what Search.train_epoch does per step, less the per-step finite check
+            s.architecture_step((x_t, y_t), (x_v, y_v), xi=0.0)
+            s.weight_step((x_t, y_t))
 
     def sync():
         if dev.type == "cuda":
