@@ -185,34 +185,34 @@ def edge(src, dst, space=darts):
 
 
 def test_darts_derive_ranks_edges_by_strongest_non_none_op():
-    w = torch.full((14, 8), 0.01)
+    theta = torch.full((14, 8), 0.01)
     op = darts.PRIMITIVES.index
     # node 2: edge (0,2) is mostly 'none' (0.9) but its best real op (0.06) is the only one offered
-    w[edge(0, 2), op("none")], w[edge(0, 2), op("sep_conv_5x5")] = 0.9, 0.06
-    w[edge(1, 2), op("max_pool_3x3")] = 0.5
+    theta[edge(0, 2), op("none")], theta[edge(0, 2), op("sep_conv_5x5")] = 0.9, 0.06
+    theta[edge(1, 2), op("max_pool_3x3")] = 0.5
     # node 3: (0,3) has the largest 'none' weight of all, yet loses to edges with stronger real ops
-    w[edge(0, 3), op("none")], w[edge(0, 3), op("skip_connect")] = 0.95, 0.03
-    w[edge(1, 3), op("dil_conv_3x3")] = 0.2
-    w[edge(2, 3), op("sep_conv_3x3")] = 0.3
+    theta[edge(0, 3), op("none")], theta[edge(0, 3), op("skip_connect")] = 0.95, 0.03
+    theta[edge(1, 3), op("dil_conv_3x3")] = 0.2
+    theta[edge(2, 3), op("sep_conv_3x3")] = 0.3
     # node 4: (3,4) strongest, then (0,4); (1,4), (2,4) left at the base level
-    w[edge(3, 4), op("avg_pool_3x3")], w[edge(0, 4), op("dil_conv_5x5")] = 0.4, 0.2
+    theta[edge(3, 4), op("avg_pool_3x3")], theta[edge(0, 4), op("dil_conv_5x5")] = 0.4, 0.2
     # node 5: (4,5) then (2,5)
-    w[edge(4, 5), op("skip_connect")], w[edge(2, 5), op("sep_conv_3x3")] = 0.7, 0.6
+    theta[edge(4, 5), op("skip_connect")], theta[edge(2, 5), op("sep_conv_3x3")] = 0.7, 0.6
     want = cell(("max_pool_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 2), ("dil_conv_3x3", 1),
                 ("avg_pool_3x3", 3), ("dil_conv_5x5", 0), ("skip_connect", 4), ("sep_conv_3x3", 2))
-    g = darts.derive({"normal": w, "reduce": w.flip(0)})
+    g = darts.derive({"normal": theta, "reduce": theta.flip(0)})
     assert list(g.normal) == want  # strongest edge first, as in DARTS
     assert g.normal_concat == g.reduce_concat == (2, 3, 4, 5)
     assert all(op != "none" for op, _ in g.reduce)
 
 
 def test_nb201_derive_can_choose_none():
-    w = torch.softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(1)), dim=1)
-    w[edge(1, 3, nb201)] = torch.tensor([0.6, 0.1, 0.1, 0.1, 0.1])
-    w[edge(0, 1, nb201)] = torch.tensor([0.3, 0.0, 0.0, 0.7, 0.0])
-    ops = nb201.derive({"cell": w}).ops()
+    theta = torch.softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(1)), dim=1)
+    theta[edge(1, 3, nb201)] = torch.tensor([0.6, 0.1, 0.1, 0.1, 0.1])
+    theta[edge(0, 1, nb201)] = torch.tensor([0.3, 0.0, 0.0, 0.7, 0.0])
+    ops = nb201.derive({"cell": theta}).ops()
     assert ops[edge(1, 3, nb201)] == "none" and ops[edge(0, 1, nb201)] == "nor_conv_3x3"
-    assert list(ops) == [nb201.PRIMITIVES[i] for i in w.argmax(1)]
+    assert list(ops) == [nb201.PRIMITIVES[i] for i in theta.argmax(1)]
 
 
 @pytest.mark.parametrize("name", ["darts", "nb201"])
@@ -220,20 +220,20 @@ def test_derive_inverts_one_hot(name):
     space, gen = get_space(name), torch.Generator().manual_seed(2)
     for _ in range(50):
         g = space.random_genotype(gen)
-        w = space.one_hot(g)
-        assert set(w) == set(space.cell_types)
+        theta = space.one_hot(g)
+        assert set(theta) == set(space.cell_types)
         for ct in space.cell_types:
-            assert w[ct].shape == (space.num_edges, space.num_ops)
+            assert theta[ct].shape == (space.num_edges, space.num_ops)
             per_cell = 8 if name == "darts" else 6  # DARTS keeps 2 of the node's edges, NB201 all 6
-            assert w[ct].sum() == per_cell and (w[ct].sum(1) <= 1).all()
-        assert space.derive(w) == g
+            assert theta[ct].sum() == per_cell and (theta[ct].sum(1) <= 1).all()
+        assert space.derive(theta) == g
     assert darts.derive(darts.one_hot(darts.DARTS_V2)) == darts.DARTS_V2
 
 
 def test_derive_of_softmax_weights_is_valid_and_never_none():
     gen = torch.Generator().manual_seed(3)
-    w = {ct: torch.softmax(3 * torch.randn(14, 8, generator=gen), dim=1) for ct in darts.CELL_TYPES}
-    g = darts.derive(w)
+    theta = {ct: torch.softmax(3 * torch.randn(14, 8, generator=gen), dim=1) for ct in darts.CELL_TYPES}
+    g = darts.derive(theta)
     assert all(op != "none" for op, _ in g.normal + g.reduce)
 
 

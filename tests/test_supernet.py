@@ -109,10 +109,10 @@ def test_scaled_bn_is_the_weight_times_bn(layout):
     if layout == "channels_last":  # torch's CL BN backward misreads an expanded (stride-0) scale
         z, g = z.contiguous(memory_format=CL), g.contiguous(memory_format=CL)
     z.requires_grad_()
-    w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    a, b = scaled_bn(bn_a, z, w), w * bn_b(z)
+    theta = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    a, b = scaled_bn(bn_a, z, theta), theta * bn_b(z)
     torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a, (z, w), g), torch.autograd.grad(b, (z, w), g))
+    torch.testing.assert_close(torch.autograd.grad(a, (z, theta), g), torch.autograd.grad(b, (z, theta), g))
     torch.testing.assert_close(bn_a.running_var, bn_b.running_var)
     assert bn_a.num_batches_tracked == bn_b.num_batches_tracked == 1
 
@@ -122,9 +122,9 @@ def test_scaled_bn_is_the_weight_times_bn(layout):
 def test_mixed_op_is_the_weighted_sum_of_its_ops(primitives, pool_bn, stride):
     m = MixedOp(4, stride, primitives, pool_bn=pool_bn).double()
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
-    w = torch.softmax(torch.randn(len(primitives), dtype=torch.float64), 0)
-    expected = sum(w[o] * op(x) for o, op in enumerate(m.ops))
-    torch.testing.assert_close(m(x, w), expected)
+    theta = torch.softmax(torch.randn(len(primitives), dtype=torch.float64), 0)
+    expected = sum(theta[o] * op(x) for o, op in enumerate(m.ops))
+    torch.testing.assert_close(m(x, theta), expected)
 
 
 def test_without_active_every_op_but_none_runs():
@@ -145,10 +145,10 @@ def test_one_hot_weights_give_exactly_one_op_and_run_only_it():
     leaves = [[mod for mod in op.modules() if not list(mod.children())] for op in m.ops]
     flat = [mod for group in leaves for mod in group]
     for o, name in enumerate(DARTS_OPS):
-        w = torch.zeros(len(DARTS_OPS), dtype=torch.float64)
-        w[o] = 1.0
+        theta = torch.zeros(len(DARTS_OPS), dtype=torch.float64)
+        theta[o] = 1.0
         counts, handles = _count_calls(flat)
-        out = m(x, w, active_ops({"e": w[None]}, DARTS_OPS)["e"][0])
+        out = m(x, theta, active_ops({"e": theta[None]}, DARTS_OPS)["e"][0])
         for h in handles:
             h.remove()
         ran = {id(mod) for mod, n in zip(flat, counts, strict=True) if n}
@@ -167,10 +167,10 @@ def test_zero_weights_are_skipped_but_straight_through_gradients_flow():
     pick = DARTS_OPS.index("sep_conv_3x3")
     hard = torch.zeros_like(soft)
     hard[pick] = 1.0
-    w = hard - soft.detach() + soft  # GDAS: one-hot value, softmax gradient
+    theta = hard - soft.detach() + soft  # GDAS: one-hot value, softmax gradient
     convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
     counts, handles = _count_calls(convs)
-    out = m(x, w, active_ops({"e": w[None]}, DARTS_OPS)["e"][0])
+    out = m(x, theta, active_ops({"e": theta[None]}, DARTS_OPS)["e"][0])
     for h in handles:
         h.remove()
     assert sum(counts) == 4  # sep_conv_3x3: two depthwise + two pointwise convs, nothing else
@@ -203,13 +203,13 @@ def test_partial_channels_mix_a_slice_and_shuffle():
                          ids=["darts", "darts-pc", "nb201", "nb201-pc"])
 def test_supernet_shapes_and_gradients(space, kw):
     net = build_supernet(space, num_classes=7, **kw).double()
-    w = _softmax_theta(net, requires_grad=True)
-    logits = net(torch.randn(2, 3, 16, 16, dtype=torch.float64), w)
+    theta = _softmax_theta(net, requires_grad=True)
+    logits = net(torch.rand(2, 3, 16, 16, dtype=torch.float64), theta)
     assert logits.shape == (2, 7)
     logits.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters() if p.dim() > 1)
     names = spaces.get_space(space).ops
-    for v in w.values():
+    for v in theta.values():
         assert torch.all(v.grad[:, names.index("none")] == 0)  # `none` adds exactly 0
         others = [i for i, n in enumerate(names) if n != "none"]
         assert torch.all(v.grad[:, others] != 0)
