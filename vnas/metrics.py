@@ -15,7 +15,7 @@ import contextlib
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 @torch.no_grad()
@@ -65,9 +65,4 @@ def evaluate(model: nn.Module, batches, samples: int = 1, max_batches: int | Non
     return {"acc": acc / n, "nll": nll / n, "n": n, "probs": probs_t, "labels": labels_t}
 
 
-def accuracy(probs: Tensor, labels: Tensor) -> float:
-    """Fraction of the rows of ``probs`` whose argmax is the label. Introduced in chapters/02_darts.py."""
-    return float((probs.argmax(-1) == labels).float().mean())
-
-
-__all__ = ["accuracy", "evaluate"]
+__all__ = ["evaluate"]
