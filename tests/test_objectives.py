@@ -79,7 +79,7 @@ def test_second_order_on_a_smooth_model_with_darts_step():
 def test_pullback_plus_penalty_is_the_gradient_of_the_objective(tiny):
     """The architecture step's surrogate has the gradient of Eq. (4.2) itself (first order: by autograd)."""
     net, _, _, val = tiny
-    q = posteriors.build_posterior("variational", "nb201", c0=0.5).double()
+    q = posteriors.build_posterior("variational", "nb201", c0=0.5, l2=1e-3).double()
     with torch.no_grad():
         q.alphas["cell"].normal_()
     torch.manual_seed(1)

@@ -6,6 +6,7 @@
     python -m vnas train --genotype FILE|NAME [--config FILE] --out DIR
     python -m vnas describe --genotype FILE|NAME [--config FILE]
     python -m vnas nb201 GENOTYPE
+    python -m vnas sweep CONFIG [--seeds N] [--methods M ...] [--out DIR] [--jobs J]
     python -m vnas book [--out _build]
     python -m vnas assignments [--out _build/assignments]
 
@@ -125,6 +126,18 @@ def _assignments(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from vnas import config, sweep
+
+    cfg = sweep.load_sweep_config(Path(args.config), seeds=args.seeds, methods=args.methods)
+    out = Path(args.out) if args.out else config.RESULTS_DIR / Path(args.config).stem
+    print(config.banner())
+    found = sweep.run_sweep(cfg, out, jobs=args.jobs)
+    print(sweep.format_summary(found))
+    print(f"results and manifest: {out}")
+    return 0
+
+
 def _run_options(p: argparse.ArgumentParser, config_help: str) -> None:
     """The options every command that starts a run folder takes."""
     p.add_argument("--config", help=config_help)
@@ -171,6 +184,14 @@ def parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nb201", help="a NAS-Bench-201 cell's accuracies from the shipped table")
     n.add_argument("genotype")
     n.set_defaults(run=_nb201)
+
+    w = sub.add_parser("sweep", help="a grid of searches over paired seeds, summarised into data/results/")
+    w.add_argument("config", help="a sweep TOML file, e.g. configs/sweeps/nb201_comparison.toml")
+    w.add_argument("--seeds", type=int, help="seeds 0..N-1 for every method and grid point (default: the file's)")
+    w.add_argument("--methods", nargs="+", help=" | ".join(METHODS) + " (default: the file's)")
+    w.add_argument("--out", help="the results folder (default: data/results/<config file name>)")
+    w.add_argument("--jobs", type=int, default=1, help="runs side by side, one CPU thread each")
+    w.set_defaults(run=_sweep)
 
     b = sub.add_parser("book", help="execute every chapter and write notebooks + HTML")
     b.add_argument("--out", default="_build")

@@ -187,6 +187,21 @@ def per_class_subset(y: np.ndarray, n_per_class: int, seed: int = 0) -> np.ndarr
                                    for c in np.unique(y)]))
 
 
+def downsample(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC images averaged down to ``size`` x ``size`` pixels (box filter; ``size`` must divide the
+    side), rounded back to uint8: the 16 x 16 images of NB201's ImageNet16 protocol, used by the quick
+    search proxy. Introduced in chapters/04_bayesian_structure_posterior.py."""
+    side = x.shape[1]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1 or side % size:
+        raise ValueError(f"image_size={size!r} must be a positive divisor of the images' side ({side}), "
+                         f"e.g. 32, 16 or 8.")
+    if size == side:
+        return x
+    f = side // size
+    blocks = x.reshape(len(x), size, f, size, f, x.shape[3]).astype(np.float32)
+    return np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
 # --- batches on the device --------------------------------------------------------------------------
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
@@ -267,9 +282,10 @@ class Batches:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx]
             if self.train:
-                x = self.to_pixels(crop_flip(x, self.generator))
+                # the padding scales with the image: 4 pixels of 32 (DARTS), 2 of 16
+                x = self.to_pixels(crop_flip(x, self.generator, pad=max(1, x.shape[1] // 8)))
                 if self.cutout:
-                    hole = cutout_mask(len(x), 32, 32, self.cutout, self.generator, self.device)
+                    hole = cutout_mask(len(x), x.shape[2], x.shape[3], self.cutout, self.generator, self.device)
                     x = torch.where(hole, self.mean_pixel, x)
             else:
                 x = self.to_pixels(x)

@@ -167,8 +167,18 @@ def architecture_terms(posterior, nll: Tensor, num_data: int) -> dict[str, Tenso
     N = ``num_data`` validation points (weighted by the method's ``kl_weight``), and the method's
     regularisers (e.g. ``l2_alpha``). Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2).
     """
-    return per_datum_objective(nll, num_data, structure_kl=structure_kl(posterior), kl_weight=posterior.kl_weight,
-                               **posterior.regularisers())
+    terms = per_datum_objective(nll, num_data, structure_kl=structure_kl(posterior), kl_weight=posterior.kl_weight,
+                                **posterior.regularisers())
+    if posterior.structure_kl() is not None:  # a method with a prior: its per-datum ELBO (kl_weight 1, no regulariser)
+        terms["elbo"] = per_datum_elbo(nll, terms["structure_kl"], num_data).detach()
+    return terms
+
+
+def per_datum_elbo(nll: Tensor, kl: Tensor, num_data: int) -> Tensor:
+    """ELBO / N = -(nll + KL / N): the bound (1.5) per datum, whatever KL weight the objective uses.
+
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.3)."""
+    return -(nll + kl / num_data)
 
 
 def weight_terms(nll: Tensor, num_data: int, weights, weight_decay: float, weight_kl: Tensor | None = None,
@@ -274,6 +284,32 @@ def exact_second_order_gradient(supernet, theta, train_batch, val_batch, xi: flo
     return dict(zip(t, torch.autograd.grad(nll, list(t.values())), strict=True))
 
 
+def dominant_hessian_eigenvalue(loss_fn, params: list[Tensor], iterations: int = 20,
+                                generator: torch.Generator | None = None) -> float:
+    """The eigenvalue of largest magnitude of ∂²loss/∂params², by power iteration on Hessian-vector
+    products (double backward; the Hessian is never formed). ``loss_fn()`` returns the scalar loss.
+
+    On the validation loss with respect to the architecture parameters this is the collapse diagnostic of
+    Zela et al. (ICLR 2020): it grows as DARTS heads for a sharp region whose cells degrade when discretised.
+    Introduced in chapters/04_bayesian_structure_posterior.py."""
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}.")
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
+    eigenvalue = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum((vi * vi).sum() for vi in v))
+        v = [vi / norm for vi in v]
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        eigenvalue = float(sum((hi * vi).sum() for hi, vi in zip(hv, v, strict=True)))  # Rayleigh quotient
+        v = [h.detach() for h in hv]
+        if not math.isfinite(eigenvalue):
+            raise FloatingPointError("The Hessian-vector product is not finite; check the loss for NaN or inf.")
+        if float(torch.sqrt(sum((vi * vi).sum() for vi in v))) == 0:
+            return 0.0  # the Hessian maps the iterate to zero: a flat direction
+    return eigenvalue
+
+
 def pullback(theta: dict[str, Tensor], grad_theta: dict[str, Tensor]) -> Tensor:
     """Σ_k <θ_k, g_k> with g = ∂NLL/∂θ held fixed: a scalar whose gradient with respect to the
     distribution's parameters α is g · ∂θ/∂α, the chain rule through the sample θ(α).
@@ -282,6 +318,7 @@ def pullback(theta: dict[str, Tensor], grad_theta: dict[str, Tensor]) -> Tensor:
     return sum((theta[k] * grad_theta[k].detach()).sum() for k in theta)
 
 
-__all__ = ["CATEGORICAL", "Categorical", "Gaussian", "architecture_terms", "exact_second_order_gradient",
-           "expected_nll", "first_order_gradient", "l2", "loss_on", "per_datum_objective", "pullback",
+__all__ = ["CATEGORICAL", "Categorical", "Gaussian", "architecture_terms", "dominant_hessian_eigenvalue",
+           "exact_second_order_gradient",
+           "expected_nll", "first_order_gradient", "l2", "loss_on", "per_datum_elbo", "per_datum_objective", "pullback",
            "second_order_gradient", "structure_kl", "weight_kl", "weight_terms"]

@@ -34,13 +34,14 @@ class RunError(RuntimeError):
     """A run folder that cannot be created, resumed or read; the message says what to do."""
 
 
-def git_commit() -> str:
-    """The commit of the vnas checkout (with '+dirty' for uncommitted changes), or 'unknown'."""
+def git_commit(paths: tuple[str, ...] = ()) -> str:
+    """The commit of the vnas checkout (with '+dirty' for uncommitted changes, in ``paths`` only when given),
+    or 'unknown'."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.ROOT, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
+                               cwd=config.ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -262,19 +263,24 @@ class EpochMeans:
         self.counts: dict[tuple[str, str], int] = {}
 
     def add(self, group: str, values: dict[str, torch.Tensor]) -> None:
+        """Add one step's values: 0-d tensors, or vectors (e.g. a KL per edge) whose mean is a list."""
         for name, v in values.items():
             key = (group, name)
-            v = v.detach().float().reshape(())
+            v = v.detach().float()
             self.sums[key] = v if key not in self.sums else self.sums[key] + v
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def means(self) -> dict[str, dict[str, float]]:
+    def means(self) -> dict[str, dict[str, float | list]]:
         if not self.sums:
             return {}
-        values = torch.stack(list(self.sums.values())).tolist()  # the one read back
-        out: dict[str, dict[str, float]] = {}
-        for (group, name), total in zip(self.sums, values, strict=True):
-            out.setdefault(group, {})[name] = total / self.counts[(group, name)]
+        flat = torch.cat([v.reshape(-1) for v in self.sums.values()]).tolist()  # the one read back
+        out: dict[str, dict[str, float | list]] = {}
+        i = 0
+        for (group, name), total in self.sums.items():
+            count, size = self.counts[(group, name)], total.numel()
+            values = [x / count for x in flat[i:i + size]]
+            out.setdefault(group, {})[name] = values[0] if total.dim() == 0 else values
+            i += size
         return out
 
 

@@ -38,6 +38,7 @@ class SearchConfig:
     channels: int = 16
     partial_channels: int = 1  # PC-DARTS: 1/K of the channels enter each mixed op (1 = off)
     images_per_class: int = 0  # 0: the whole training set; else a class-balanced subset, split in two halves
+    image_size: int = 32  # < 32: images averaged down to this side (16: NB201's ImageNet16 resolution)
     batch_size: int = 64
     epochs: int = 50
     steps_per_epoch: int = 0  # 0: one pass over the search-train half
@@ -51,6 +52,8 @@ class SearchConfig:
     arch_betas: tuple = (0.5, 0.999)
     arch_start_epoch: int = 0  # warm-up epochs with weight steps only (DrNAS uses 10 of 25 per stage)
     order: str = "first"  # "second": one unrolled step, DARTS Eq. 7-8
+    hessian_every: int = 0  # epochs between collapse diagnostics (dominant eigenvalue of ∂²L_val/∂α²); 0: never
+    hessian_batches: int = 1  # validation batches the Hessian's loss averages over
     posterior: dict = field(default_factory=dict)  # options of the method's distribution (vnas.posteriors)
     seed: int = 0
     channels_last: bool = True
@@ -66,8 +69,12 @@ class SearchConfig:
         for name in ("layers", "channels", "partial_channels", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.epochs < 0 or self.steps_per_epoch < 0 or self.images_per_class < 0:
-            raise ValueError("epochs, steps_per_epoch and images_per_class must be >= 0.")
+        if self.epochs < 0 or self.steps_per_epoch < 0 or self.images_per_class < 0 or self.hessian_every < 0:
+            raise ValueError("epochs, steps_per_epoch, images_per_class and hessian_every must be >= 0.")
+        if self.hessian_batches < 1:
+            raise ValueError(f"hessian_batches={self.hessian_batches} must be >= 1.")
+        if self.image_size not in (8, 16, 32):
+            raise ValueError(f"image_size={self.image_size}: use 32 (CIFAR-10 as is), 16 or 8 (averaged down).")
         if not method.trained and self.order != "first":
             raise ValueError(f"Method {self.method!r} has no architecture step, so order={self.order!r} does not "
                              "apply; leave order at 'first'.")
@@ -123,8 +130,9 @@ class Search(runs.EpochLoop):
         self.train_idx, self.val_idx = idx[a], idx[b]
         batch = dict(batch_size=min(cfg.batch_size, len(self.val_idx)), device=self.device,
                      channels_last=cfg.channels_last)
-        self.train_batches = data.Batches(d.x_train[self.train_idx], d.y_train[self.train_idx], seed=cfg.seed, **batch)
-        self.val_batches = data.Batches(d.x_train[self.val_idx], d.y_train[self.val_idx], seed=cfg.seed + 1, **batch)
+        x_train, x_val = (data.downsample(d.x_train[i], cfg.image_size) for i in (self.train_idx, self.val_idx))
+        self.train_batches = data.Batches(x_train, d.y_train[self.train_idx], seed=cfg.seed, **batch)
+        self.val_batches = data.Batches(x_val, d.y_train[self.val_idx], seed=cfg.seed + 1, **batch)
 
     # --- one step ---
     def steps_per_epoch(self) -> int:
@@ -155,6 +163,11 @@ class Search(runs.EpochLoop):
         (objectives.pullback(theta, grad_theta) + terms["penalty"]).backward()
         self.arch_optimizer.step()
         return terms
+
+    def structure_kl_per_edge(self) -> dict[str, torch.Tensor] | None:
+        """KL(q(θ_e) || p(θ_e)) [E] per cell type, detached, or None for a method without a prior term."""
+        per_edge = self.posterior.structure_kl()
+        return None if per_edge is None else {c: kl.detach() for c, kl in per_edge.items()}
 
     def weight_step(self, train_batch) -> tuple[dict, torch.Tensor]:
         """One SGD step on the weight objective at one sample of θ, Eq. (2.8): the NLL of the network that θ
@@ -198,8 +211,11 @@ class Search(runs.EpochLoop):
                 break
             watched = {}
             if update_arch:
+                kl_edges = self.structure_kl_per_edge()  # before the step: the KL its objective holds, per edge
                 arch = self.architecture_step(train_batch, val_batch, xi=lr)
                 means.add("architecture", arch)
+                if kl_edges is not None:
+                    means.add("structure_kl_edge", kl_edges)
                 watched["architecture"] = arch["objective"]
             weights, logits = self.weight_step(train_batch)
             means.add("weights", weights)
@@ -217,10 +233,13 @@ class Search(runs.EpochLoop):
         row = {"epoch": self.epoch, "lr": lr, "steps": steps,
                "train_loss": terms["weights"]["nll"], "train_acc": terms["train"]["acc"],
                "val_loss": val["nll"], "val_acc": val["acc"],
-               "architecture": terms.get("architecture"), "weights": terms["weights"],
-               **self.posterior.scalars(), "edges": self.posterior.edge_stats()}
+               "architecture": terms.get("architecture"), "structure_kl_edge": terms.get("structure_kl_edge"),
+               "weights": terms["weights"], **self.posterior.scalars(), "edges": self.posterior.edge_stats()}
+        if self._curvature_due():
+            row["hessian_eigenvalue"] = self.architecture_curvature()
         genotype = self.genotype()
         row["genotype"] = str(genotype)
+        row["parameter_free_share"] = self.space.parameter_free_share(genotype)
         score = self.space.score(genotype)
         if score is not None:
             row["score"] = score
@@ -253,6 +272,44 @@ class Search(runs.EpochLoop):
     def genotype(self):
         """The cell the search has found so far, derived from the distribution's mean."""
         return self.space.derive({k: v.detach().float().cpu() for k, v in self.posterior.mean().items()})
+
+    @torch.no_grad()
+    def sample_genotypes(self, samples: int) -> list:
+        """``samples`` cells drawn from q: the genotype derived from each sample θ ~ q (for a point estimate,
+        the same cell every time).
+    Introduced in chapters/04_bayesian_structure_posterior.py."""
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {samples!r}.")
+        return [self.space.derive({k: v.float().cpu() for k, v in self.posterior.sample().items()})
+                for _ in range(samples)]
+
+    # --- collapse diagnostics ---
+    def _curvature_due(self) -> bool:
+        every = self.cfg.hessian_every
+        return bool(every) and self.posterior.trained and (self.epoch % every == 0 or self.epoch == self.cfg.epochs)
+
+    def architecture_curvature(self, iterations: int = 20) -> float:
+        """The dominant eigenvalue of the Hessian of the validation NLL with respect to the architecture
+        parameters α, at θ = the distribution's mean, over ``hessian_batches`` validation batches (Zela et al.,
+        ICLR 2020). Leaves no trace: BN statistics and every RNG are as before.
+        Introduced in chapters/04_bayesian_structure_posterior.py."""
+        buffers = {k: v.clone() for k, v in self.supernet.state_dict().items() if "running" in k or "batches" in k}
+        self.val_batches.set_epoch(self.epoch)  # the same batches whenever it is called at this epoch
+        batches = [b for _, b in zip(range(self.cfg.hessian_batches), self.val_batches, strict=False)]
+        params = list(self.posterior.parameters())
+
+        def loss():
+            theta = self.posterior.mean()
+            return sum(objectives.loss_on(self.supernet, theta, b) for b in batches) / len(batches)
+
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000 + self.epoch)
+        was_training = self.supernet.training
+        self.supernet.train()  # batch statistics, as in the architecture step whose loss this is
+        try:
+            return objectives.dominant_hessian_eigenvalue(loss, params, iterations, generator)
+        finally:
+            self.supernet.load_state_dict(buffers, strict=False)
+            self.supernet.train(was_training)
 
     # --- state ---
     def model_state(self) -> dict:

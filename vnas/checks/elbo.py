@@ -14,9 +14,9 @@ import math
 import torch
 
 from vnas import evidence as ev
-from vnas.checks._common import ExerciseError, call, checker, require
+from vnas.checks._common import ExerciseError, NotAttempted, call, checker, require
 
-__all__ = ["check_gaussian_kl", "check_elbo_estimator"]
+__all__ = ["check_gaussian_kl", "check_elbo_estimator", "check_bridge_elbo"]
 
 DTYPE = torch.float64
 
@@ -202,3 +202,65 @@ def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> str:
                                 "function w = mu + s * eps, not drawn with .sample() or detached.")
     return (f"unbiased: mean of {repeats} estimates {mean:.3f} +- {se:.3f} vs closed form {exact:.3f}; "
            "random; gradients w.r.t. mu and s unbiased.")
+
+
+# --- chapter 04: the search's per-datum objective on the exact bridge --------------------------------
+
+def _bridge_cases():
+    """(log_lik_samples [S], kl_per_edge [E], num_data) cases with S > 1 and N > 1, so that every slip shows."""
+    generator = torch.Generator().manual_seed(404)
+    cases = []
+    for samples, edges, num_data in ((4, 3, 50), (16, 6, 7), (9, 1, 1000)):
+        log_lik = -num_data * (1 + torch.rand(samples, generator=generator, dtype=DTYPE))
+        kl = 0.1 + 3 * torch.rand(edges, generator=generator, dtype=DTYPE)
+        cases.append((log_lik, kl, num_data))
+    return cases
+
+
+def _bridge_slips(log_lik, kl, n: int) -> list[tuple[float, str]]:
+    mean_ll, kl_sum = log_lik.mean().item(), kl.sum().item()
+    return [
+        (-mean_ll / n + kl_sum, "divide the KL by num_data too: the objective is per datum, and so is its KL "
+                                "term (the likelihood is divided, the KL is not)."),
+        (-mean_ll + kl_sum / n, "divide the log-likelihood by num_data too: it is the total over the data set."),
+        (mean_ll / n - kl_sum / n, "wrong sign: that is the ELBO / N; the search minimises its negative."),
+        (-mean_ll / n - kl_sum / n, "the KL enters with a + sign in -ELBO: objective = nll + KL / N."),
+        (-log_lik.sum().item() / n + kl_sum / n, "average the log-likelihood over the samples of theta, don't "
+                                                 "sum them (a Monte Carlo estimate is a mean)."),
+        (-mean_ll / n + kl.mean().item() / n, "sum the KL over the edges: each edge has its own prior term."),
+        (-mean_ll + kl_sum, "this is -ELBO in total; divide the whole objective by num_data."),
+    ]
+
+
+@checker
+def check_bridge_elbo(fn) -> str:
+    """Check ``fn(log_lik_samples, kl_per_edge, num_data)``: the per-datum negative ELBO that the search
+    minimises, -mean_s log p(D | theta_s) / N + sum_e KL(q(theta_e) || p(theta_e)) / N (``log_lik_samples``: the
+    total log-likelihood of the data set for each of S samples of theta, shape [S]; ``kl_per_edge``: [E]). It
+    must be one number, differentiable in both inputs.
+
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2).
+    """
+    name = getattr(fn, "__name__", "your function")
+    for i, (log_lik, kl, n) in enumerate(_bridge_cases()):
+        log_lik_, kl_ = log_lik.clone().requires_grad_(True), kl.clone().requires_grad_(True)
+        out = call(fn, log_lik_, kl_, n)
+        if out is None:
+            raise NotAttempted(f"{name} returned None: return the objective (a 0-d tensor).")
+        require(isinstance(out, torch.Tensor), f"{name} returned {type(out).__name__}; return a torch tensor "
+                                               "(keep it a torch computation so that it can be differentiated).")
+        require(out.numel() == 1, f"{name} returned shape {tuple(out.shape)}; return one number: average the "
+                                  "log-likelihood over the samples and sum the KL over the edges.")
+        value = out.reshape(()).item()
+        want = (-log_lik.mean() / n + kl.sum() / n).item()
+        tol = 1e-9 * (1 + abs(want))
+        if not _close(value, want, tol):
+            slip = _diagnose(value, _bridge_slips(log_lik, kl, n), tol)
+            raise ExerciseError(f"Case {i} (S = {len(log_lik)} samples, E = {len(kl)} edges, num_data = {n}): "
+                                f"expected {want:.6g}, got {value:.6g}. "
+                                f"{slip or 'Compare with Eq. (4.2): objective = nll + KL / N.'}")
+        grads = torch.autograd.grad(out.reshape(()), [log_lik_, kl_], allow_unused=True) if out.requires_grad \
+            else (None, None)
+        require(all(g is not None for g in grads), "the objective is not differentiable in both inputs: keep it a "
+                                                   "torch computation (no .item(), .detach() or floats).")
+    return "per-datum -ELBO: -mean over samples of log p(D | theta) / N + sum over edges of KL / N."

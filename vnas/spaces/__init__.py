@@ -51,6 +51,18 @@ class Space:
     cell_graph: Callable
     depth: str
 
+    def parameter_free_share(self, genotype) -> dict[str, float]:
+        """Per cell type, the share of the genotype's chosen ops that have no weights ('none', pooling,
+        skip): the collapse diagnostic of DARTS (Zela et al., ICLR 2020: a collapsing search fills the cell
+        with them).
+    Introduced in chapters/04_bayesian_structure_posterior.py."""
+        free = [op in PARAMETER_FREE for op in self.ops]
+        out = {}
+        for cell_type, theta in self.one_hot(genotype).items():
+            chosen = theta.sum(0)  # how often each op was chosen over the cell's edges
+            out[cell_type] = float(chosen[free].sum() / chosen.sum())
+        return out
+
     @property
     def num_edges(self) -> int:
         """Rows of a mixing-weight tensor (14 for DARTS, 6 for NB201)."""
@@ -60,6 +72,10 @@ class Space:
     def num_ops(self) -> int:
         """Columns of a mixing-weight tensor (8 for DARTS, 5 for NB201)."""
         return len(self.ops)
+
+
+PARAMETER_FREE = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
+"""The ops of either space that carry no weights."""
 
 
 def _space(name: str, module, networks, score: Callable, depth: str) -> Space:
@@ -152,5 +168,6 @@ def load_genotype(spec: str | os.PathLike):
     raise ValueError(f"Cannot read a genotype from {text[:60]!r}.{hint} Give {_FORMS}.")
 
 
-__all__ = ["SPACES", "Space", "darts", "darts_net", "get_space", "load_genotype", "nb201", "nb201_net", "nb201_table",
+__all__ = ["PARAMETER_FREE",
+           "SPACES", "Space", "darts", "darts_net", "get_space", "load_genotype", "nb201", "nb201_net", "nb201_table",
            "space_of"]
