@@ -371,7 +371,7 @@ verdict = ("q is less sure where the choice matters less, significant at the one
            "-0.829 for 6 edges)" if rank <= -0.829 else
            "in the expected direction, but not significant with 6 edges (one-sided 5% critical value -0.829)"
            if rank < 0 else "no sign that q's uncertainty follows the table's stakes")
-print(f"Spearman correlation between the stakes of an edge and q's uncertainty on it: {rank:+.2f}: {verdict}. "
+print(f"Spearman correlation between the stakes of an edge and q's uncertainty on it: {rank:+.3f}: {verdict}. "
       f"One search, {MODE} mode.")
 
 # %% [markdown]
