@@ -63,6 +63,7 @@
 # beside the KL. SNAS and GDAS sample from Concrete distributions (chapter 03) with no prior term.
 
 # %%
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -223,8 +224,16 @@ print(f"\nReading ({MODE} mode): from N = {small['n']} to N = {large['n']} the T
 # method, then what its history holds: per epoch, the means of the per-step values that were optimised.
 
 # %%
-COMPARISON = config.CONFIG_DIR / "sweeps" / "nb201_comparison.toml"
-protocol = sweep.load_sweep_config(COMPARISON)
+SWEEPS = config.CONFIG_DIR / "sweeps"
+
+
+def sweep_results(name, expected=None):
+    """data/results/<name>, checked against the sweep config it must come from (None when it is absent)."""
+    return results.load(name, expected_config=expected or sweep.load_sweep_config(SWEEPS / f"{name}.toml"))
+
+
+COMPARISON = sweep.load_sweep_config(SWEEPS / "nb201_comparison.toml")
+protocol = copy.deepcopy(COMPARISON)
 if MODE == "smoke":  # CI: the smoke sizes of configs/search_nb201.toml, with the protocol's own settings
     protocol["base"] = {k: v for k, v in protocol["base"].items() if k in ("image_size", "arch_lr")} | {
         "hessian_every": 1}
@@ -388,8 +397,7 @@ print(f"Spearman correlation between the stakes of an edge and q's uncertainty o
 # rate and epochs below.
 
 # %%
-proto = results.load("nb201_protocol", expected_config=sweep.load_sweep_config(
-    config.CONFIG_DIR / "sweeps" / "nb201_protocol.toml"))
+proto = sweep_results("nb201_protocol")
 if proto is None:
     print("data/results/nb201_protocol is absent: run the command above to make it.")
 else:
@@ -419,7 +427,7 @@ else:
         ax.set_title(title)
         ax.legend(fontsize=8)
     plt.show()
-    chosen = protocol["base"] if MODE != "smoke" else sweep.load_sweep_config(COMPARISON)["base"]
+    chosen = COMPARISON["base"]
     pick = [r for r in rows if r["arch_lr"] == chosen["arch_lr"]]
     by_ep = {r["epochs"]: r["movement"]["cell"] for r in pick}
     published = min(rows, key=lambda r: r["arch_lr"])
@@ -476,7 +484,7 @@ plt.show()
 # training, mean over the benchmark's seeds) of each derived cell as a mean with a 95% Student-t interval.
 
 # %%
-live = dict(protocol, methods=sweep.load_sweep_config(COMPARISON)["methods"], seeds=3)
+live = dict(protocol, methods=COMPARISON["methods"], seeds=3)
 if MODE == "smoke":  # CI proves that the code runs: three methods, one seed
     live.update(methods=["darts", "variational", "random_ws"], seeds=1)
 start = time.perf_counter()
@@ -496,7 +504,7 @@ PUBLISHED = {  # NB201 CIFAR-10 test accuracy of the published searches (full pr
     "random_ws": "87.66 ± 1.69 (RSPS, random search with parameter sharing; Dong & Yang 2020)",
     "random": f"{all_acc.mean():.2f} mean, {np.median(all_acc):.2f} median (the table itself)",
 }
-loaded = results.load("nb201_comparison", expected_config=sweep.load_sweep_config(COMPARISON))
+loaded = sweep_results("nb201_comparison", COMPARISON)
 sources = {f"live, {live['seeds']} seed(s)": live_found}
 if loaded is not None:
     print(loaded.describe())
@@ -605,8 +613,7 @@ if sharp:
 # up when DARTS gets four times the steps.
 
 # %%
-darts_var = results.load("darts_variational", expected_config=sweep.load_sweep_config(
-    config.CONFIG_DIR / "sweeps" / "darts_variational.toml"))
+darts_var = sweep_results("darts_variational")
 if darts_var is None:
     print("data/results/darts_variational is absent: `python -m vnas sweep configs/sweeps/darts_variational.toml`.")
 else:
@@ -626,8 +633,7 @@ else:
           f"parameter-free share of the derived cell {rec['history'][-1]['parameter_free_share']}")
 
 # %%
-long = results.load("nb201_darts_long", expected_config=sweep.load_sweep_config(
-    config.CONFIG_DIR / "sweeps" / "nb201_darts_long.toml"))
+long = sweep_results("nb201_darts_long")
 if long is None:
     print("data/results/nb201_darts_long is absent: `python -m vnas sweep configs/sweeps/nb201_darts_long.toml`.")
 else:
