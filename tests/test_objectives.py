@@ -167,14 +167,15 @@ def test_the_objective_is_minus_the_elbo_per_datum_exact_on_bayesian_linear_regr
 
 
 def test_weight_kl_sums_the_variational_layers_and_is_zero_for_point_weights():
-    class Variational(nn.Linear):
-        def weight_kl(self):
-            return self.weight.square().sum()
+    from vnas import bayes
 
     point = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
-    assert objectives.weight_kl(point).item() == 0.0
-    model = nn.Sequential(Variational(3, 2), nn.ReLU(), Variational(2, 2))
-    torch.testing.assert_close(objectives.weight_kl(model), model[0].weight_kl() + model[2].weight_kl())
+    prior = bayes.GaussianPrior(0.5)
+    assert objectives.weight_kl(point, prior).item() == 0.0
+    model = bayes.make_bayesian(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)), sigma_init=0.1)
+    assert objectives.weight_kl(model).item() == 0.0  # no prior: no term
+    torch.testing.assert_close(objectives.weight_kl(model, prior), model[0].kl(prior) + model[2].kl(prior))
+    assert objectives.weight_kl(model, prior).item() > 0
 
 
 def test_structure_kl_is_zero_without_a_prior_term():

@@ -35,7 +35,8 @@ def _search(args) -> int:
 
     _set_mode(args)
     cfg = search.load_search_config(args.space, Path(args.config) if args.config else None, method=args.method,
-                                    seed=args.seed, epochs=args.epochs)
+                                    seed=args.seed, epochs=args.epochs, weights=args.weights,
+                                    weight_prior=args.weight_prior)
     print(config.banner())
     run = search.start(cfg, Path(args.out), overwrite=args.overwrite)
     print(f"search: {cfg.method} on {cfg.space}, {cfg.epochs} epochs -> {args.out}")
@@ -72,7 +73,7 @@ def _train(args) -> int:
 
     _set_mode(args)
     cfg = train.load_train_config(args.genotype, Path(args.config) if args.config else None, seed=args.seed,
-                                  epochs=args.epochs)
+                                  epochs=args.epochs, weights=args.weights, weight_prior=args.weight_prior)
     print(config.banner())
     trainer = train.start(cfg, Path(args.out), overwrite=args.overwrite)
     print(f"train: {trainer.genotype} for {cfg.epochs} epochs -> {args.out}")
@@ -146,6 +147,8 @@ def _run_options(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--out", required=True, help="the run folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--weights", help="point | gaussian (mean-field q(w); default: the config's, point)")
+    p.add_argument("--weight-prior", help="gaussian | mixture | coupled (p(w | θ); search only) for --weights gaussian")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -162,12 +162,15 @@ def from_dict(cls, values: dict, where: str):
 def _check_types(cls, values: dict) -> dict:
     """Coerce int -> float and list -> tuple where the default says so; refuse other type mismatches."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    # a field annotated "float | str" takes a number as well as its string default
+    numeric = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type).replace(" ", "").split("|")}
     out = {}
     for key, value in values.items():
         default = defaults[key]
         if default is None or default is dataclasses.MISSING or isinstance(value, type(default)):
             out[key] = value
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        elif (isinstance(default, float) or key in numeric) and isinstance(value, int | float) \
+                and not isinstance(value, bool):
             out[key] = float(value)
         elif isinstance(default, tuple) and isinstance(value, list):
             out[key] = tuple(value)

@@ -3,12 +3,15 @@
 Sources, in order (DESIGN section 4): ``VNAS_DATA`` (a folder or an ``.npz``); ``data/cifar10.npz``
 or ``data/cifar-10-batches-py/``; a torchvision download when allowed (``download=True`` or
 ``VNAS_DOWNLOAD=1``); the bundled ``data/cifar10_tiny.npz``. Smoke mode always uses the tiny subset.
+``shift`` makes corrupted copies of test images (CIFAR-10-C style), introduced in chapters/05_bayesian_weights.py.
 Introduced in chapters/00_welcome.py.
 """
 
 from __future__ import annotations
 
+import difflib
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,3 +293,85 @@ class Batches:
             else:
                 x = self.to_pixels(x)
             yield x, self.y[idx]
+
+
+# --- shifted inputs ---------------------------------------------------------------------------------
+
+# Corruptions in the style of CIFAR-10-C (Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to
+# Common Corruptions and Perturbations", ICLR 2019), one parameter per severity 1..5. noise, blur and contrast
+# use CIFAR-10-C's own values (its gaussian_noise, gaussian_blur and contrast); jpeg does not (see `shift`).
+SHIFT_PARAMS = {
+    "noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # std of additive Gaussian noise, pixels in [0, 1]
+    "blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # sigma of the Gaussian blur, in pixels
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor c in (x - mean) * c + mean
+    "jpeg": (40, 25, 15, 10, 5),  # JPEG quality (CIFAR-10-C: 80, 65, 58, 50, 40)
+}
+SHIFTS = tuple(SHIFT_PARAMS)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Float NCHW images blurred by a separable Gaussian (radius 4 sigma, as scipy/skimage), reflect padding."""
+    radius = max(1, int(4 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    c = x.shape[1]
+    x = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = torch.nn.functional.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along rows
+    return torch.nn.functional.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along columns
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """uint8 NHWC images through a JPEG encode/decode at ``quality`` (torchvision.io, on the CPU)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+    chw = list(x.cpu().permute(0, 3, 1, 2).contiguous())
+    mode = ImageReadMode.RGB if x.shape[3] == 3 else ImageReadMode.GRAY
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs (for TorchCodec); they still work
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        out = torch.stack([decode_jpeg(encode_jpeg(img, quality=quality), mode=mode) for img in chw])
+    return out.permute(0, 2, 3, 1).to(x.device)
+
+
+def shift(x, kind: str, severity: int, seed: int = 0):
+    """A corrupted copy of a batch of images: the shifted test inputs of calibration under distribution shift.
+
+    ``x``: uint8 images (N, H, W, C), pixels 0..255, as ``Cifar10`` stores them: a numpy array or a torch
+    tensor (any device); the result has the same type, dtype, shape and device. ``kind`` is one of ``SHIFTS``,
+    ``severity`` 1..5; the parameters are in ``SHIFT_PARAMS``. On pixels x in [0, 1]:
+    - "noise": clip(x + σ ε, 0, 1), ε ~ N(0, 1) drawn from ``seed``;
+    - "blur": x convolved with a Gaussian of std σ pixels (separable, reflect padding);
+    - "contrast": (x − m) c + m, m the mean of each image and channel (as CIFAR-10-C);
+    - "jpeg": an encode/decode at quality q. CIFAR-10-C uses q = 80..40, but the CIFAR-10 copy shipped here
+      is already JPEG quality 75 (data/README.md), so qualities at or above 75 would barely change it; ours,
+      40..5, lie well below it.
+    The result is rounded back to uint8; it is deterministic given ``seed`` (only "noise" draws).
+    Introduced in chapters/05_bayesian_weights.py.
+    """
+    if kind not in SHIFT_PARAMS:
+        close = difflib.get_close_matches(str(kind), SHIFTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown shift {kind!r}.{hint} Valid shifts: {', '.join(SHIFTS)}.")
+    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an integer 1..5 (as in CIFAR-10-C), got {severity!r}.")
+    is_numpy = isinstance(x, np.ndarray)
+    t = torch.from_numpy(x) if is_numpy else x
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 4 or t.shape[3] not in (1, 3):
+        raise ValueError(f"x must be a batch of uint8 images (N, H, W, C) with C = 1 or 3, as a numpy array or "
+                         f"torch tensor (e.g. Cifar10.x_test[:100]); got {type(x).__name__} "
+                         f"{getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}.")
+    p = SHIFT_PARAMS[kind][severity - 1]
+    if kind == "jpeg":
+        out = _jpeg(t, p)
+    else:
+        pixels = t.permute(0, 3, 1, 2).float() / 255  # NCHW in [0, 1]
+        if kind == "noise":
+            eps = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(seed)).to(pixels.device)
+            pixels = pixels + p * eps
+        elif kind == "blur":
+            pixels = _gaussian_blur(pixels, p)
+        else:  # contrast
+            mean = pixels.mean(dim=(2, 3), keepdim=True)
+            pixels = (pixels - mean) * p + mean
+        out = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return out.numpy() if is_numpy else out

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vnas import bayes
+
 # --- likelihoods ----------------------------------------------------------------------------------
 
 
@@ -88,17 +90,16 @@ def structure_kl(posterior) -> Tensor:
     return sum(kl.sum() for kl in per_edge.values())
 
 
-def weight_kl(model: nn.Module) -> Tensor:
-    """KL(q(w) || p(w)), in nats: the sum of ``weight_kl()`` over the model's variational layers; 0 for a
-    network of point weights (every network of chapters 02-04).
+def weight_kl(model: nn.Module, prior=None, theta: dict[str, Tensor] | None = None, detach_q: bool = False) -> Tensor:
+    """KL(q(w) || p(w | θ)) in nats over the model's mean-field layers (``vnas.bayes.weight_kl``); 0 for a
+    network of point weights or ``prior=None``. With the coupled prior, ``theta`` is the sample θ ~ q(θ) of the
+    step; ``detach_q`` keeps the gradient off q(w) (the architecture step, which updates only q(θ)).
 
-    Introduced in chapters/01_bayesian_model_selection.py, Eq. (1.5)."""
-    p = next(model.parameters(), None)
-    total = torch.zeros((), device=p.device if p is not None else None)
-    for module in model.modules():
-        if hasattr(type(module), "weight_kl"):  # on the class: cheap for the thousand modules of a supernet
-            total = total + module.weight_kl()
-    return total
+    Introduced in chapters/05_bayesian_weights.py, Eq. (5.5)."""
+    if prior is None or not bayes.is_bayesian(model):
+        p = next(model.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None)
+    return bayes.weight_kl(model, prior, theta, detach_q=detach_q)
 
 
 # --- named regularisers -------------------------------------------------------------------------------
@@ -130,11 +131,13 @@ def l2(params, coefficient: float) -> Tensor:
 
 def per_datum_objective(nll: Tensor, num_data: int, structure_kl: Tensor | None = None,
                         weight_kl: Tensor | None = None, kl_weight: float = 1.0, auxiliary: Tensor | None = None,
-                        **regularisers: Tensor) -> dict[str, Tensor]:
+                        weight_kl_weight: float | None = None, **regularisers: Tensor) -> dict[str, Tensor]:
     """The terms of -ELBO / N plus the named regularisers, and their sum:
 
         objective = nll [+ auxiliary] + penalty,
-        penalty   = kl_weight · (structure_kl + weight_kl) / num_data + Σ regularisers
+        penalty   = (kl_weight · structure_kl + weight_kl_weight · weight_kl) / num_data + Σ regularisers
+
+    ``weight_kl_weight`` (the weights' KL temperature) is ``kl_weight`` unless given.
 
     ``auxiliary`` is a second data term (the auxiliary head's weighted NLL); the penalty is everything that
     needs no data, so a step can clip the data term's gradient alone, as DARTS does (its weight decay is
@@ -145,8 +148,10 @@ def per_datum_objective(nll: Tensor, num_data: int, structure_kl: Tensor | None 
     if not isinstance(num_data, int) or isinstance(num_data, bool) or num_data < 1:
         raise ValueError(f"num_data must be an integer >= 1 (the data points the likelihood sums over), got "
                          f"{num_data!r}.")
-    if not isinstance(kl_weight, (int, float)) or not 0 <= kl_weight < math.inf:
-        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}.")
+    weight_kl_weight = kl_weight if weight_kl_weight is None else weight_kl_weight
+    for name, value in (("kl_weight", kl_weight), ("weight_kl_weight", weight_kl_weight)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
     zero = torch.zeros((), device=nll.device, dtype=nll.dtype)
     terms = {"nll": nll}
     if auxiliary is not None:
@@ -154,7 +159,7 @@ def per_datum_objective(nll: Tensor, num_data: int, structure_kl: Tensor | None 
     terms["structure_kl"] = zero if structure_kl is None else structure_kl
     terms["weight_kl"] = zero if weight_kl is None else weight_kl
     terms.update(regularisers)
-    penalty = kl_weight * (terms["structure_kl"] + terms["weight_kl"]) / num_data
+    penalty = (kl_weight * terms["structure_kl"] + weight_kl_weight * terms["weight_kl"]) / num_data
     for value in regularisers.values():
         penalty = penalty + value
     terms["penalty"] = penalty
@@ -162,15 +167,23 @@ def per_datum_objective(nll: Tensor, num_data: int, structure_kl: Tensor | None 
     return terms
 
 
-def architecture_terms(posterior, nll: Tensor, num_data: int) -> dict[str, Tensor]:
+def architecture_terms(posterior, nll: Tensor, num_data: int, weight_kl: Tensor | None = None,
+                       weight_kl_weight: float = 1.0) -> dict[str, Tensor]:
     """The architecture step's objective, Eq. (4.2): the NLL of the validation half, the structure KL over
     N = ``num_data`` validation points (weighted by the method's ``kl_weight``), and the method's
-    regularisers (e.g. ``l2_alpha``). Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2).
+    regularisers (e.g. ``l2_alpha``). Under a structure-dependent weight prior the expected weight KL
+    E_q(θ)[KL(q(w) || p(w | θ))] depends on q(θ) too: ``weight_kl`` (its one-sample estimate) joins the
+    objective with its temperature ``weight_kl_weight`` (chapter 05, Eq. (5.7)).
+    Introduced in chapters/04_bayesian_structure_posterior.py, Eq. (4.2).
     """
-    terms = per_datum_objective(nll, num_data, structure_kl=structure_kl(posterior), kl_weight=posterior.kl_weight,
+    terms = per_datum_objective(nll, num_data, structure_kl=structure_kl(posterior), weight_kl=weight_kl,
+                                kl_weight=posterior.kl_weight, weight_kl_weight=weight_kl_weight,
                                 **posterior.regularisers())
-    if posterior.structure_kl() is not None:  # a method with a prior: its per-datum ELBO (kl_weight 1, no regulariser)
-        terms["elbo"] = per_datum_elbo(nll, terms["structure_kl"], num_data).detach()
+    if weight_kl is None:
+        del terms["weight_kl"]
+    if posterior.structure_kl() is not None:  # a method with a prior: its per-datum ELBO (KL weights 1, no regulariser)
+        kl = terms["structure_kl"] + (0 if weight_kl is None else weight_kl)
+        terms["elbo"] = per_datum_elbo(nll, kl, num_data).detach()
     return terms
 
 
@@ -182,14 +195,19 @@ def per_datum_elbo(nll: Tensor, kl: Tensor, num_data: int) -> Tensor:
 
 
 def weight_terms(nll: Tensor, num_data: int, weights, weight_decay: float, weight_kl: Tensor | None = None,
-                 auxiliary: Tensor | None = None, **regularisers: Tensor) -> dict[str, Tensor]:
+                 auxiliary: Tensor | None = None, weight_kl_weight: float = 1.0,
+                 **regularisers: Tensor) -> dict[str, Tensor]:
     """The weight step's objective, Eq. (2.8): the NLL of the training half (and an auxiliary head's), the
-    weight KL over its ``num_data`` points, and the L2 term ``l2_w`` = weight_decay/2 · Σ ||w||² of the
-    tensors ``weights`` (the point-weight stand-in for a Gaussian prior). Introduced in chapters/02_darts.py,
-    Eq. (2.8).
+    weight KL over its ``num_data`` points (with its temperature ``weight_kl_weight``), and the L2 term
+    ``l2_w`` = weight_decay/2 · Σ ||w||² of the point tensors ``weights`` (the point-weight stand-in for a
+    Gaussian prior; Bayesian weights have their prior in the KL instead). With a weight KL, "elbo" is the
+    weights' per-datum ELBO of the batch (KL weight 1). Introduced in chapters/02_darts.py, Eq. (2.8).
     """
-    return per_datum_objective(nll, num_data, weight_kl=weight_kl, auxiliary=auxiliary,
-                               l2_w=l2(weights, weight_decay), **regularisers)
+    terms = per_datum_objective(nll, num_data, weight_kl=weight_kl, auxiliary=auxiliary,
+                                weight_kl_weight=weight_kl_weight, l2_w=l2(weights, weight_decay), **regularisers)
+    if weight_kl is not None:
+        terms["elbo"] = per_datum_elbo(nll, weight_kl, num_data).detach()
+    return terms
 
 
 # --- the architecture gradient of the bilevel problem ---------------------------------------------------

@@ -113,15 +113,24 @@ class DepthwiseConv2d(nn.Conv2d):
             self.padding[0] <= self.dilation[0] * (self.kernel_size[0] - 1))
 
     def forward(self, x):
-        if x.device.type != "cpu" or not self._fast:
-            return super().forward(x)
-        s, p, d = self.stride[0], self.padding[0], self.dilation[0]
-        if s > 1 and d == s and p % s == 0 and x.shape[-2] % s == 0 and x.shape[-1] % s == 0:
-            x, s, p, d = x[:, :, ::s, ::s], 1, p // s, 1
-        if s > 1 or not (torch.is_grad_enabled() and x.requires_grad):
-            return F.conv2d(x, self.weight, None, s, p, d, self.groups)
-        y = F.conv2d(x.detach(), self.weight, None, 1, p, d, self.groups)  # carries dL/dw
-        return _InputGradByConv.apply(y, x, self.weight, p, d)  # carries dL/dx
+        return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0], self.dilation[0], self._fast)
+
+
+def depthwise_conv2d(x, weight, stride: int, padding: int, dilation: int, fast: bool = True):
+    """``F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=C)`` for a depthwise
+    ``weight`` [C, 1, k, k], by ``DepthwiseConv2d``'s fast CPU path when ``fast`` (square, symmetric
+    "same"-like padding): the Bayesian layers of ``vnas.bayes`` call it with their means and variances.
+    Introduced in chapters/02_darts.py."""
+    groups = weight.shape[0]
+    if x.device.type != "cpu" or not fast:
+        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    s, p, d = stride, padding, dilation
+    if s > 1 and d == s and p % s == 0 and x.shape[-2] % s == 0 and x.shape[-1] % s == 0:
+        x, s, p, d = x[:, :, ::s, ::s], 1, p // s, 1
+    if s > 1 or not (torch.is_grad_enabled() and x.requires_grad):
+        return F.conv2d(x, weight, None, s, p, d, groups)
+    y = F.conv2d(x.detach(), weight, None, 1, p, d, groups)  # carries dL/dw
+    return _InputGradByConv.apply(y, x, weight, p, d)  # carries dL/dx
 
 
 class ReLUConvBN(PreReLU):
@@ -265,4 +274,4 @@ def make_op(name: str, C: int, stride: int = 1, affine: bool = True) -> nn.Modul
 
 
 __all__ = ["OPS", "DepthwiseConv2d", "DilConv", "FactorizedReduce", "Normalise", "PreReLU", "ReLUConvBN",
-           "ResNetBasicBlock", "SepConv", "Zero", "drop_path", "make_op"]
+           "ResNetBasicBlock", "SepConv", "Zero", "depthwise_conv2d", "drop_path", "make_op"]

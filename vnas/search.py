@@ -14,6 +14,7 @@ Introduced in chapters/02_darts.py.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vnas import config, data, metrics, objectives, posteriors, runs, spaces
+from vnas import bayes, config, data, metrics, objectives, posteriors, runs, spaces
 from vnas.runs import NonFiniteError
 
 
@@ -55,6 +56,16 @@ class SearchConfig:
     hessian_every: int = 0  # epochs between collapse diagnostics (dominant eigenvalue of ∂²L_val/∂α²); 0: never
     hessian_batches: int = 1  # validation batches the Hessian's loss averages over
     posterior: dict = field(default_factory=dict)  # options of the method's distribution (vnas.posteriors)
+    # Bayesian weights (chapter 05): "point" (SGD + the L2 term) or "gaussian" (mean-field q(w), vnas.bayes)
+    weights: str = "point"
+    weight_prior: str = "gaussian"  # gaussian | mixture | coupled (p(w | θ): needs a structure posterior)
+    weight_prior_sigma: float | str = "weight_decay"  # σ0; "weight_decay": the σ0 whose L2 on μ is weight_decay's
+    weight_prior_pi: float = 0.5  # mixture: π N(0, σ0²) + (1 − π) N(0, σ2²)
+    weight_prior_sigma2: float = 2.5e-3  # mixture: the narrow component (≈ e^-6, Blundell et al.)
+    weight_prior_eps: float = 0.05  # coupled: the floor ε in s(θ) = σ0 (θ + ε) / (1 + ε)
+    weight_kl_weight: float = 1.0  # the weight KL's temperature (1: the ELBO)
+    weight_kl_warmup: float = 0.0  # epochs over which the weight KL's temperature anneals linearly from 0
+    weight_sigma_init: float = 1e-3  # q(w)'s initial scale σ
     seed: int = 0
     channels_last: bool = True
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -75,9 +86,55 @@ class SearchConfig:
             raise ValueError(f"hessian_batches={self.hessian_batches} must be >= 1.")
         if self.image_size not in (8, 16, 32):
             raise ValueError(f"image_size={self.image_size}: use 32 (CIFAR-10 as is), 16 or 8 (averaged down).")
+        self._check_weights()
         if not method.trained and self.order != "first":
             raise ValueError(f"Method {self.method!r} has no architecture step, so order={self.order!r} does not "
                              "apply; leave order at 'first'.")
+
+    def _check_weights(self) -> None:
+        if check_weight_options(self) and self.weight_prior == "coupled":
+            q = posteriors.build_posterior(self.method, self.space, **self.posterior)
+            if q.structure_kl() is None:
+                able = [m for m in posteriors.METHODS if self.space in posteriors.get_method(m).spaces
+                        and posteriors.build_posterior(m, self.space).structure_kl() is not None]
+                raise ValueError(
+                    f"weight_prior='coupled' couples the weights to a structure posterior q(θ) with a prior p(θ); "
+                    f"method {self.method!r} has none ({type(q).__name__}: a point estimate, a relaxation "
+                    f"without a prior, or a baseline). Use method {' or '.join(map(repr, able))} (or drnas with "
+                    "posterior.regularise = 'kl'), or weight_prior 'gaussian' / 'mixture'.")
+
+
+def check_weight_options(cfg) -> bool:
+    """Check the Bayesian-weight keys of a SearchConfig or TrainConfig (names, scales, temperature); returns
+    whether the weights are Bayesian. Introduced in chapters/05_bayesian_weights.py."""
+    if cfg.weights not in WEIGHTS:
+        close = difflib.get_close_matches(str(cfg.weights), WEIGHTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown weights {cfg.weights!r}.{hint} Use one of: {', '.join(WEIGHTS)}.")
+    bayes.build_prior(cfg.weight_prior, 1.0, cfg.weight_prior_pi, cfg.weight_prior_sigma2,
+                      cfg.weight_prior_eps)  # raises for an unknown name or a bad pi, sigma2, eps
+    if cfg.weight_prior_sigma != "weight_decay":
+        bayes.GaussianPrior(cfg.weight_prior_sigma)  # raises for a non-positive scale
+    if isinstance(cfg.weight_kl_weight, bool) or not isinstance(cfg.weight_kl_weight, (int, float)) or \
+            not 0 <= cfg.weight_kl_weight < float("inf"):
+        raise ValueError(f"weight_kl_weight={cfg.weight_kl_weight!r} must be a finite number >= 0.")
+    if cfg.weight_kl_warmup < 0:
+        raise ValueError(f"weight_kl_warmup={cfg.weight_kl_warmup!r} must be >= 0 epochs.")
+    if cfg.weights == "point":
+        if cfg.weight_prior != "gaussian":
+            raise ValueError(f"weight_prior={cfg.weight_prior!r} needs Bayesian weights: add weights = "
+                             "'gaussian' (--weights gaussian). Point weights have the L2 term weight_decay.")
+        return False
+    if cfg.weight_sigma_init <= 0:
+        raise ValueError(f"weight_sigma_init={cfg.weight_sigma_init!r}: q(w)'s initial scale must be > 0.")
+    if cfg.weight_prior_sigma == "weight_decay" and cfg.weight_decay <= 0:
+        raise ValueError("weight_prior_sigma = 'weight_decay' takes the prior scale from weight_decay, which is "
+                         f"{cfg.weight_decay!r}; set weight_prior_sigma to a number > 0 instead.")
+    return True
+
+
+WEIGHTS = ("point", "gaussian")
+"""The kinds of network weights a search or a training can have. Introduced in chapters/05_bayesian_weights.py."""
 
 
 def load_search_config(space: str = "darts", file: Path | None = None, run_mode: str | None = None,
@@ -109,6 +166,12 @@ class Search(runs.EpochLoop):
                                                   partial_channels=cfg.partial_channels).to(self.device)
         if cfg.channels_last:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
+        self.weight_prior = None  # point weights: their prior is the L2 term weight_decay
+        if cfg.weights == "gaussian":
+            bayes.make_bayesian(self.supernet, cfg.weight_sigma_init)
+            self.weight_prior = build_weight_prior(cfg, len(self.train_idx))
+        self._weight_kl_weight = self.weight_kl_weight(0.0)  # updated before every step (KL annealing)
+        self._variational = {id(p) for _, m in bayes.variational_layers(self.supernet) for p in m.parameters()}
         self.posterior = posteriors.build_posterior(cfg.method, self.space, **cfg.posterior).to(self.device)
         # the L2 terms are in the objectives (objectives.architecture_terms / weight_terms), not here
         self.arch_optimizer = (torch.optim.Adam(self.posterior.parameters(), lr=cfg.arch_lr,
@@ -158,7 +221,11 @@ class Search(runs.EpochLoop):
             else:
                 grad_theta, nll = objectives.second_order_gradient(self.supernet, theta, train_batch, val_batch, xi,
                                                                    active=active)
-        terms = objectives.architecture_terms(self.posterior, nll, num_data=len(self.val_idx))
+        weight_kl = None
+        if isinstance(self.weight_prior, bayes.CoupledPrior):  # E_q(θ)[KL(q(w) || p(w | θ))] depends on q(θ) too
+            weight_kl = objectives.weight_kl(self.supernet, self.weight_prior, theta, detach_q=True)
+        terms = objectives.architecture_terms(self.posterior, nll, num_data=len(self.val_idx), weight_kl=weight_kl,
+                                              weight_kl_weight=self._weight_kl_weight)
         # the NLL's gradient reaches α through θ; the penalty (KL / N, L2 on α) carries its own
         (objectives.pullback(theta, grad_theta) + terms["penalty"]).backward()
         self.arch_optimizer.step()
@@ -186,9 +253,12 @@ class Search(runs.EpochLoop):
         # the weights of the network that θ selects: all of them for a dense θ, the sampled ops' for a one-hot one
         used = [p for p in self.supernet.parameters() if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(used, self.cfg.grad_clip)  # the data term's gradient is clipped (DARTS) ...
-        terms = objectives.weight_terms(nll, len(self.train_idx), used, self.cfg.weight_decay,
-                                        weight_kl=objectives.weight_kl(self.supernet))
-        terms["penalty"].backward()  # ... and the L2 term's is added after, where SGD adds its weight decay
+        # Bayesian weights have their prior in the KL, which replaces the L2 term; point tensors keep it
+        point = [p for p in used if id(p) not in self._variational]
+        weight_kl = None if self.weight_prior is None else objectives.weight_kl(self.supernet, self.weight_prior, theta)
+        terms = objectives.weight_terms(nll, len(self.train_idx), point, self.cfg.weight_decay, weight_kl=weight_kl,
+                                        weight_kl_weight=self._weight_kl_weight)
+        terms["penalty"].backward()  # ... and the L2 and KL terms' are added after, where SGD adds its weight decay
         self.optimizer.step()
         return terms, logits.detach()
 
@@ -209,6 +279,7 @@ class Search(runs.EpochLoop):
         for step, (train_batch, val_batch) in enumerate(zip(self.train_batches, self.val_batches, strict=False)):
             if step >= steps:
                 break
+            self._weight_kl_weight = self.weight_kl_weight(self.epoch + step / steps)
             watched = {}
             if update_arch:
                 kl_edges = self.structure_kl_per_edge()  # before the step: the KL its objective holds, per edge
@@ -218,6 +289,9 @@ class Search(runs.EpochLoop):
                     means.add("structure_kl_edge", kl_edges)
                 watched["architecture"] = arch["objective"]
             weights, logits = self.weight_step(train_batch)
+            if self.weight_prior is not None:
+                weights["kl_weight"] = torch.tensor(self._weight_kl_weight)
+                watched["weight_kl"] = weights["weight_kl"]
             means.add("weights", weights)
             means.add("train", {"acc": (logits.argmax(1) == train_batch[1]).float().mean()})
             watched["weight"] = weights["objective"]
@@ -235,6 +309,9 @@ class Search(runs.EpochLoop):
                "val_loss": val["nll"], "val_acc": val["acc"],
                "architecture": terms.get("architecture"), "structure_kl_edge": terms.get("structure_kl_edge"),
                "weights": terms["weights"], **self.posterior.scalars(), "edges": self.posterior.edge_stats()}
+        if self.weight_prior is not None:
+            row["weight_posterior"] = bayes.posterior_scales(self.supernet)
+        row["op_weight_rms"] = {k: v.tolist() for k, v in bayes.op_weight_rms(self.supernet).items()}
         if self._curvature_due():
             row["hessian_eigenvalue"] = self.architecture_curvature()
         genotype = self.genotype()
@@ -256,7 +333,20 @@ class Search(runs.EpochLoop):
         name = runs.first_non_finite(self.supernet)
         if name:
             found.append(f"The first non-finite supernet weight is {name}.")
+        if self.weight_prior is not None:
+            with torch.no_grad():
+                theta = self.posterior.sample() if isinstance(self.weight_prior, bayes.CoupledPrior) else None
+            layer = bayes.first_non_finite_kl(self.supernet, self.weight_prior, theta)
+            if layer:
+                found.append(f"The first layer whose weight KL is not finite is {layer} (prior {self.weight_prior}).")
         return " ".join(found)
+
+    def weight_kl_weight(self, epochs_done: float) -> float:
+        """The weight KL's temperature after ``epochs_done`` epochs: ``weight_kl_weight``, annealed linearly
+        from 0 over the first ``weight_kl_warmup`` epochs (KL annealing).
+        Introduced in chapters/05_bayesian_weights.py."""
+        warmup = self.cfg.weight_kl_warmup
+        return self.cfg.weight_kl_weight * (min(1.0, epochs_done / warmup) if warmup > 0 else 1.0)
 
     def evaluate(self, theta: dict[str, torch.Tensor] | None = None, batches: int | None = None) -> dict:
         """Accuracy and NLL on the search-val half with the supernet at θ (default: the distribution's mean)."""
@@ -352,8 +442,21 @@ class Search(runs.EpochLoop):
         return {"genotype": str(self.genotype())}
 
 
+def build_weight_prior(cfg, num_data: int):
+    """The weight prior of a config with ``weights = "gaussian"`` (a SearchConfig or a TrainConfig): its
+    ``weight_prior`` with scale ``weight_prior_sigma``, or, for "weight_decay", the σ0 whose KL puts on the means
+    the L2 term that ``weight_decay`` puts on point weights over ``num_data`` points (Eq. (5.4)).
+    Introduced in chapters/05_bayesian_weights.py, Eq. (5.4)."""
+    sigma = cfg.weight_prior_sigma
+    if sigma == "weight_decay":
+        sigma = bayes.sigma_for_weight_decay(cfg.weight_decay, num_data, cfg.weight_kl_weight or 1.0)
+    return bayes.build_prior(cfg.weight_prior, sigma, cfg.weight_prior_pi, cfg.weight_prior_sigma2,
+                             cfg.weight_prior_eps)
+
+
 # --- run folders ---
 start = Search.start  # a new search backed by a run folder (refused if it already holds a run)
 resume = Search.resume  # the search of a run folder, restored from its checkpoint
 
-__all__ = ["NonFiniteError", "Search", "SearchConfig", "load_search_config", "resume", "start"]
+__all__ = ["WEIGHTS", "NonFiniteError", "Search", "SearchConfig", "build_weight_prior", "load_search_config", "resume",
+           "start"]

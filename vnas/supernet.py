@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vnas.ops import OPS, PreReLU
+from vnas.ops import OPS
 
 
 def scaled_bn(bn: nn.BatchNorm2d, z: Tensor, scale: Tensor) -> Tensor:
@@ -75,12 +75,9 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     return out
 
 
-def _split_bn(op: nn.Module) -> tuple[nn.Module, nn.BatchNorm2d | None]:
-    """(body, bn) if ``op`` ends in a BN without affine parameters, else (op, None)."""
-    if isinstance(op, nn.Sequential) and isinstance(op[-1], nn.BatchNorm2d) and not op[-1].affine:
-        layers = list(op)[:-1]
-        return (PreReLU(*layers) if isinstance(op, PreReLU) else nn.Sequential(*layers)), op[-1]
-    return op, None
+def _ends_in_bn(op: nn.Module) -> bool:
+    """Whether ``op`` is a Sequential that ends in a BN without affine parameters."""
+    return isinstance(op, nn.Sequential) and isinstance(op[-1], nn.BatchNorm2d) and not op[-1].affine
 
 
 class MixedOp(nn.Module):
@@ -108,9 +105,9 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(ops)
         self.runnable = tuple(name != "none" for name in self.primitives)
         self.pre_relu = tuple(hasattr(op, "from_relu") for op in ops)
-        # (body, bn): an op ending in BN(affine=False) takes its weight as that BN's scale (a plain list:
-        # the same modules as self.ops, not registered twice)
-        self._parts = [_split_bn(op) for op in ops]
+        # an op ending in BN(affine=False) takes its weight as that BN's scale; its layers are read from
+        # self.ops at every call, so a layer swapped in later (vnas.bayes.make_bayesian) is the one that runs
+        self.ends_in_bn = tuple(_ends_in_bn(op) for op in ops)
         if partial_channels > 1 and stride == 2:
             self.bypass = nn.MaxPool2d(2, 2)
 
@@ -128,9 +125,15 @@ class MixedOp(nn.Module):
         for o, run in enumerate(active):
             if not run:
                 continue
-            body, bn = self._parts[o]
-            z = body.from_relu(x_relu) if self.pre_relu[o] else body(x)
-            out.append(z * theta[o] if bn is None else scaled_bn(bn, z, theta[o]))
+            op = self.ops[o]
+            if not self.ends_in_bn[o]:
+                out.append((op.from_relu(x_relu) if self.pre_relu[o] else op(x)) * theta[o])
+                continue
+            *body, bn = op
+            z = x_relu if self.pre_relu[o] else x
+            for layer in body:
+                z = layer(z)
+            out.append(scaled_bn(bn, z, theta[o]))
         return out
 
     def forward(self, x: Tensor, theta: Tensor, active=None) -> Tensor:
@@ -233,6 +236,15 @@ class Supernet:
         for m in self.modules():
             if isinstance(m, MixedOp):
                 m.fused = bool(value)
+
+    def edge_ops(self):
+        """Every op of every search cell, as (cell type, edge e, op index o, module): which mixing weight
+        θ[cell type][e, o] scales each op's output (a structure-dependent weight prior reads it)."""
+        for cell in self.modules():
+            if isinstance(getattr(cell, "mixed", None), nn.ModuleList):
+                for e, mixed in enumerate(cell.mixed):
+                    for o, op in enumerate(mixed.ops):
+                        yield cell.kind, e, o, op
 
     def at(self, theta: Mapping[str, Tensor], active=None) -> FixedArchitecture:
         """This supernet with its mixing weights fixed to ``theta``: a model ``x -> logits``."""

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vnas import config, data, posteriors, results, runs, search
+from vnas import config, data, posteriors, results, runs, search, train
 
 # Student-t quantiles t_{0.975, df}: a 95% interval from a handful of seeds needs them, not 1.96
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -70,7 +70,7 @@ def mean_interval(values) -> tuple[float, float]:
 
 # --- the config ------------------------------------------------------------------------------------
 
-_KEYS = {"space", "mode", "methods", "seeds", "samples", "base", "grid"}
+_KEYS = {"space", "mode", "methods", "seeds", "samples", "base", "grid", "points", "retrain"}
 
 
 def load_sweep_config(path: Path, seeds: int | None = None, methods: list[str] | None = None) -> dict:
@@ -79,7 +79,7 @@ def load_sweep_config(path: Path, seeds: int | None = None, methods: list[str] |
     an hour.
     Introduced in chapters/04_bayesian_structure_posterior.py."""
     path = Path(path)
-    cfg = config.read_toml(path)
+    cfg = raw = config.read_toml(path)
     unknown = set(cfg) - _KEYS
     if unknown:
         raise config.ConfigError(f"Unknown key(s) {sorted(unknown)} in sweep config {path}; "
@@ -89,6 +89,15 @@ def load_sweep_config(path: Path, seeds: int | None = None, methods: list[str] |
            "seeds": seeds if seeds is not None else cfg.get("seeds", 1), "samples": cfg.get("samples", 200),
            "base": dict(cfg.get("base", {})), "grid": {k: list(v) if isinstance(v, list) else [v]
                                                       for k, v in cfg.get("grid", {}).items()}}
+    # optional tables, kept out of the dict when absent (a results folder's config is compared with its file)
+    if "points" in raw:
+        points = raw["points"]
+        if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+            raise config.ConfigError(f"`points` in {path} must be a non-empty list of tables, e.g. "
+                                     "points = [{weights = \"point\"}, {weights = \"gaussian\"}].")
+        cfg["points"] = [dict(p) for p in points]
+    if "retrain" in raw:
+        cfg["retrain"] = _check_retrain(dict(raw["retrain"]), path)
     if cfg["space"] is None:
         raise config.ConfigError(f"Sweep config {path} has no `space = \"nb201\"` (or \"darts\").")
     if not cfg["methods"]:
@@ -105,9 +114,49 @@ def load_sweep_config(path: Path, seeds: int | None = None, methods: list[str] |
 
 
 def grid_points(cfg: dict) -> list[dict]:
-    """Every combination of the grid's values, as {key: value} (one empty point for an empty grid)."""
+    """Every combination of the grid's values, as {key: value} (one empty point for an empty grid), crossed
+    with the explicit ``points`` (arms that a product cannot express, e.g. a prior that needs Bayesian weights)."""
     keys = list(cfg["grid"])
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*cfg["grid"].values())]
+    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*cfg["grid"].values())]
+    return [{**arm, **g} for arm in cfg.get("points", [{}]) for g in grid]
+
+
+_RETRAIN_KEYS = {"shifts", "severities", "eval_samples_bayesian"}
+
+
+def _check_retrain(table: dict, path) -> dict:
+    """[retrain]: TrainConfig keys for retraining each run's derived cell, plus the shifted test sets."""
+    fields = {f for f in train.TrainConfig.__dataclass_fields__} - {"genotype", "seed"}
+    unknown = set(table) - fields - _RETRAIN_KEYS
+    if unknown:
+        raise config.ConfigError(f"Unknown key(s) {sorted(unknown)} in [retrain] of {path}; valid: TrainConfig "
+                                 f"fields and {sorted(_RETRAIN_KEYS)}.")
+    for kind in table.get("shifts", []):
+        data.shift(np.zeros((1, 4, 4, 3), np.uint8), kind, 1)  # raises for an unknown kind
+    for severity in table.get("severities", []):
+        if severity not in range(1, 6):
+            raise config.ConfigError(f"[retrain] severities in {path} must lie in 1..5, got {severity!r}.")
+    return table
+
+
+def retrain(cfg: dict, genotype, seed: int) -> dict:
+    """Retrain a derived cell under the sweep's [retrain] budget (the same for every arm and seed) and evaluate
+    it on the test images, clean and under each shift and severity: accuracy, NLL, ECE, Brier.
+    Introduced in chapters/05_bayesian_weights.py."""
+    table = dict(cfg["retrain"])
+    shifts, severities = table.pop("shifts", []), table.pop("severities", [1, 3, 5])
+    table.pop("eval_samples_bayesian", None)
+    tcfg = train.load_train_config(str(genotype), run_mode=cfg["mode"], seed=seed, **table)
+    trainer = train.Trainer(tcfg, dataset=_dataset(), progress=False)
+    trainer.fit(log=None)
+    keep = ("acc", "nll", "ece", "brier", "entropy")
+    clean = trainer.evaluate()
+    out = {"config": config.config_dict(tcfg), "clean": {k: clean[k] for k in keep}, "shifted": {}}
+    for kind in shifts:
+        out["shifted"][kind] = [{k: r[k] for k in keep} for r in
+                                (trainer.evaluate(shift=(kind, severity)) for severity in severities)]
+    out["severities"] = list(severities)
+    return out
 
 
 def search_config(cfg: dict, point: dict, method: str, seed: int) -> search.SearchConfig:
@@ -134,7 +183,8 @@ def search_config(cfg: dict, point: dict, method: str, seed: int) -> search.Sear
 # --- one run -----------------------------------------------------------------------------------------
 
 _ROW_KEYS = ("epoch", "steps", "train_loss", "val_loss", "val_acc", "architecture", "structure_kl_edge", "score",
-             "genotype", "parameter_free_share", "hessian_eigenvalue", "tau", "seconds", "edges")
+             "genotype", "parameter_free_share", "hessian_eigenvalue", "tau", "seconds", "edges", "weights",
+             "weight_posterior", "op_weight_rms")
 
 
 def _round(x, digits: int = 6):
@@ -157,7 +207,7 @@ def _dataset() -> data.Cifar10:
     return _DATASET
 
 
-def run_one(cfg: search.SearchConfig, samples: int) -> dict:
+def run_one(cfg: search.SearchConfig, samples: int, sweep_cfg: dict | None = None) -> dict:
     """One search, and what the summary needs from it: its history (without per-step detail), the derived
     cell and its score, and the posterior over cells: ``samples`` cells drawn from q, their scores, and per
     edge the probability of each op being the argmax of θ_e.
@@ -176,6 +226,9 @@ def run_one(cfg: search.SearchConfig, samples: int) -> dict:
     scores = [s.space.score(g) for g in cells]
     if scores and scores[0] is not None:
         record["sampled_scores"] = {k: [sc[k] for sc in scores] for k in scores[0]}
+    if sweep_cfg is not None and "retrain" in sweep_cfg:
+        record["retrain"] = sweep_cfg["retrain"]
+        record["retrained"] = retrain(sweep_cfg, genotype, cfg.seed)
     record["seconds"] = time.perf_counter() - start
     record["git_commit"] = runs.git_commit(("vnas",))  # the code; the config is in the record itself
     return _round(record)
@@ -186,8 +239,8 @@ def _init_worker() -> None:
 
 
 def _run_job(job: tuple) -> tuple[str, dict]:
-    path, cfg, samples = job
-    record = run_one(cfg, samples)
+    path, cfg, samples, sweep_cfg = job
+    record = run_one(cfg, samples, sweep_cfg)
     runs._atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(record)))
     return path, record
 
@@ -216,10 +269,11 @@ def run_sweep(cfg: dict, out: Path, jobs: int = 1, log=print) -> dict:
                         record = None  # a half-written or damaged record: run it again
                     # reused only when made by the same code (vnas/) from the same config; else run again
                     if (record is not None and record.get("config") == _round(config.config_dict(scfg))
+                            and record.get("retrain") == cfg.get("retrain")
                             and results.code_changed_since(record.get("git_commit", "unknown"), ("vnas",)) is None):
                         records[key] = record
                         continue
-                todo.append((key, (str(path), scfg, cfg["samples"])))
+                todo.append((key, (str(path), scfg, cfg["samples"], cfg)))
     log(f"sweep: {len(records)} runs recorded, {len(todo)} to run with {jobs} job(s) -> {out}")
     if todo:
         if jobs == 1:
@@ -313,6 +367,13 @@ def summarise(cfg: dict, records: list[dict], key: str | None = None) -> list[di
             eig = [h["hessian_eigenvalue"] for h in lasts if h.get("hessian_eigenvalue") is not None]
             if eig:
                 row["hessian_eigenvalue"] = float(np.mean(eig))
+            if "retrained" in runs_[0]:
+                row["retrained"] = {m: mean_interval([r["retrained"]["clean"][m] for r in runs_])
+                                    for m in runs_[0]["retrained"]["clean"]}
+                row["retrained_shifted"] = {
+                    kind: [{m: float(np.mean([r["retrained"]["shifted"][kind][i][m] for r in runs_])) for m in level}
+                           for i, level in enumerate(levels)]
+                    for kind, levels in runs_[0]["retrained"]["shifted"].items()}
             row["seconds"] = float(np.mean([r["seconds"] for r in runs_]))
             rows.append(row)
     return rows

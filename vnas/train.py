@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vnas import config, data, metrics, networks, objectives, runs, spaces
+from vnas import bayes, config, data, metrics, networks, objectives, runs, search, spaces
 
 
 @dataclass
@@ -43,13 +43,29 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True
     amp: bool = True
+    # Bayesian weights (chapter 05; the same keys as vnas.search.SearchConfig): "point" or "gaussian"
+    weights: str = "point"
+    weight_prior: str = "gaussian"  # gaussian | mixture (a final network has no q(θ) to couple to)
+    weight_prior_sigma: float | str = "weight_decay"  # σ0; "weight_decay": the σ0 whose L2 on μ is weight_decay's
+    weight_prior_pi: float = 0.5
+    weight_prior_sigma2: float = 2.5e-3
+    weight_prior_eps: float = 0.05
+    weight_kl_weight: float = 1.0  # the weight KL's temperature (1: the ELBO)
+    weight_kl_warmup: float = 0.0  # epochs of linear KL annealing from 0
+    weight_sigma_init: float = 1e-3
+    eval_samples: int = 8  # weight samples averaged by the test evaluation of a Bayesian network (posterior predictive)
 
     def __post_init__(self):
-        for name in ("layers", "channels", "batch_size"):
+        for name in ("layers", "channels", "batch_size", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path={self.drop_path} must lie in [0, 1).")
+        search.check_weight_options(self)
+        if self.weight_prior == "coupled":
+            raise ValueError("weight_prior='coupled' couples the weights to a structure posterior q(θ), which exists "
+                             "during a search (python -m vnas search --weights gaussian --weight-prior coupled); a "
+                             "final network has one fixed genotype. Use 'gaussian' or 'mixture'.")
 
 
 def load_train_config(genotype: str, file: Path | None = None, run_mode: str | None = None,
@@ -79,17 +95,24 @@ class Trainer(runs.EpochLoop):
         d = dataset or data.load_cifar10()
         tr = data.per_class_subset(d.y_train, cfg.images_per_class, cfg.seed) if cfg.images_per_class \
             else np.arange(len(d.y_train))
+        self.weight_prior = None  # point weights: their prior is the L2 term weight_decay
+        if cfg.weights == "gaussian":
+            bayes.make_bayesian(self.model, cfg.weight_sigma_init)
+            self.weight_prior = search.build_weight_prior(cfg, len(tr))
+        self._variational = {id(p) for _, m in bayes.variational_layers(self.model) for p in m.parameters()}
         te = data.per_class_subset(d.y_test, cfg.test_images_per_class, cfg.seed) if cfg.test_images_per_class \
             else np.arange(len(d.y_test))
         common = dict(device=self.device, channels_last=cfg.channels_last)
         self.train_batches = data.Batches(d.x_train[tr], d.y_train[tr], min(cfg.batch_size, len(tr)), cutout=cfg.cutout,
                                           seed=cfg.seed, **common)
         self.test_batches = data.Batches(d.x_test[te], d.y_test[te], 256, train=False, **common)
+        self._test_images, self._test_labels, self._common = d.x_test[te], d.y_test[te], common
         # the L2 term is in the objective (objectives.weight_terms), not in the optimiser
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(cfg.epochs, 1),
                                                                     eta_min=cfg.lr_min)
         self.watch = runs.FiniteWatch(self.device)
+        self._weight_kl_weight = cfg.weight_kl_weight if cfg.weight_kl_warmup <= 0 else 0.0
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -109,9 +132,12 @@ class Trainer(runs.EpochLoop):
         (nll if auxiliary is None else nll + auxiliary).backward()
         params = list(self.model.parameters())
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # the data terms' gradient is clipped (DARTS) ...
-        terms = objectives.weight_terms(nll, len(self.train_batches.y), params, cfg.weight_decay,
-                                        weight_kl=objectives.weight_kl(self.model), auxiliary=auxiliary)
-        terms["penalty"].backward()  # ... and the L2 term's is added after, where SGD adds its weight decay
+        # Bayesian weights have their prior in the KL, which replaces the L2 term; point tensors (BN) keep it
+        point = [p for p in params if id(p) not in self._variational]
+        weight_kl = None if self.weight_prior is None else objectives.weight_kl(self.model, self.weight_prior)
+        terms = objectives.weight_terms(nll, len(self.train_batches.y), point, cfg.weight_decay, weight_kl=weight_kl,
+                                        auxiliary=auxiliary, weight_kl_weight=self._weight_kl_weight)
+        terms["penalty"].backward()  # ... and the L2 and KL terms' are added after, where SGD adds its weight decay
         self.optimizer.step()
         return terms, logits.detach()
 
@@ -127,10 +153,18 @@ class Trainer(runs.EpochLoop):
         for step, (x, y) in enumerate(self.train_batches):
             if step >= steps:
                 break
+            warmup = cfg.weight_kl_warmup  # KL annealing: the temperature rises linearly from 0
+            self._weight_kl_weight = cfg.weight_kl_weight * (min(1.0, (self.epoch + step / steps) / warmup)
+                                                             if warmup > 0 else 1.0)
             terms, logits = self.step(x, y)
+            if self.weight_prior is not None:
+                terms["kl_weight"] = torch.tensor(self._weight_kl_weight)
             means.add("weights", terms)
             means.add("train", {"acc": (logits.argmax(1) == y).float().mean()})
-            self.check(self.watch.watch(step, {"training": terms["objective"]}))
+            watched = {"training": terms["objective"]}
+            if self.weight_prior is not None:
+                watched["weight_kl"] = terms["weight_kl"]
+            self.check(self.watch.watch(step, watched))
             if on_step is not None:
                 on_step()
         self.check(self.watch.bad())
@@ -139,18 +173,35 @@ class Trainer(runs.EpochLoop):
         self.epoch += 1
         terms = means.means()
         row = {"epoch": self.epoch, "lr": lr, "train_loss": terms["weights"]["nll"], "train_acc": terms["train"]["acc"],
-               "test_loss": test["nll"], "test_acc": test["acc"], "weights": terms["weights"],
+               "test_loss": test["nll"], "test_acc": test["acc"], "test_ece": test["ece"], "weights": terms["weights"],
                "seconds": time.perf_counter() - start}
+        if self.weight_prior is not None:
+            row["weight_posterior"] = bayes.posterior_scales(self.model)
         self.history.append(row)
         return row
 
-    def evaluate(self) -> dict:
-        """Accuracy and NLL on the test images (``vnas.metrics.evaluate``)."""
-        return metrics.evaluate(self.model, self.test_batches, amp=self.cfg.amp)
+    def evaluate(self, shift: tuple[str, int] | None = None) -> dict:
+        """Accuracy, NLL and calibration on the test images (``vnas.metrics.evaluate``), or on the test images
+        under ``shift`` = (kind, severity) (``vnas.data.shift``); a Bayesian network's posterior predictive
+        averages ``eval_samples`` weight samples (eval-mode BatchNorm).
+        Introduced in chapters/02_darts.py; shifts in chapters/05_bayesian_weights.py."""
+        samples = self.cfg.eval_samples if self.weight_prior is not None else 1
+        batches = self.test_batches
+        if shift is not None:
+            kind, severity = shift
+            images = data.shift(self._test_images, kind, severity, seed=self.cfg.seed)
+            batches = data.Batches(images, self._test_labels, 256, train=False, **self._common)
+        return metrics.evaluate(self.model, batches, samples=samples, amp=self.cfg.amp)
 
     def diagnose(self) -> str:
+        found = []
         name = runs.first_non_finite(self.model)
-        return f"The first non-finite weight is {name}." if name else ""
+        if name:
+            found.append(f"The first non-finite weight is {name}.")
+        layer = None if self.weight_prior is None else bayes.first_non_finite_kl(self.model, self.weight_prior)
+        if layer:
+            found.append(f"The first layer whose weight KL is not finite is {layer} (prior {self.weight_prior}).")
+        return " ".join(found)
 
     def model_state(self) -> dict:
         return {"model": self.model.state_dict()}

@@ -4,6 +4,7 @@ One file per topic; all reachable as ``vnas.plots.plot_...``.
 """
 
 from vnas.plots.bridge import *  # noqa: F403
+from vnas.plots.calibration import *  # noqa: F403
 from vnas.plots.data import *  # noqa: F403
 from vnas.plots.evidence import *  # noqa: F403
 from vnas.plots.search import *  # noqa: F403

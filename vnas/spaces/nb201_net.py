@@ -59,12 +59,13 @@ class NB201SearchCell(nn.Module):
 
     def __init__(self, C, partial_channels=1):
         super().__init__()
+        self.kind = "cell"  # the key of the mixing weights it reads, theta["cell"]
         self.edges = tuple(EDGES)
         self.mixed = nn.ModuleList(MixedOp(C, 1, PRIMITIVES, pool_bn=False, partial_channels=partial_channels)
                                    for _ in self.edges)
 
     def forward(self, x, theta, active=None):
-        return run_dag([x], self.edges, self.mixed, theta["cell"], None if active is None else active["cell"])[-1]
+        return run_dag([x], self.edges, self.mixed, theta[self.kind], None if active is None else active[self.kind])[-1]
 
 
 class NB201Supernet(Supernet, NB201Net):
