@@ -65,6 +65,15 @@ def nb201_right(beta):
     return spaces.nb201.Genotype.from_ops([spaces.nb201.PRIMITIVES[k] for k in mean.argmax(-1).tolist()])
 
 
+def local_reparam_right(x, mu, sigma):
+    return x @ mu.T, (x * x) @ (sigma * sigma).T
+
+
+def coupled_kl_right(mu, sigma, theta, sigma0, eps):
+    s = sigma0 * (theta + eps) / (1 + eps)
+    return (torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5).sum()
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError
 
@@ -74,6 +83,7 @@ CHECKERS = {
     "check_finite_difference_hvp": hvp_right, "check_gumbel_softmax": gumbel_right,
     "check_dirichlet_kl": kl_right, "check_architecture_kl": arch_kl_right,
     "check_genotype_from_posterior": nb201_right,
+    "check_local_reparameterisation": local_reparam_right, "check_coupled_kl": coupled_kl_right,
 }
 
 
@@ -225,3 +235,40 @@ def test_genotype_from_posterior_accepts_the_argmax_of_beta_itself():
     """Normalising a row does not move its argmax: argmax of beta is a right answer, not a slip."""
     result = checks.check_genotype_from_posterior(lambda beta: nb201_right(beta * 7.0))
     assert result.passed
+
+
+# --- chapter 05: the plausible wrong answers of each exercise, each rejected with its diagnosis -----------
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (lambda x, mu, sigma: (x @ mu.T, x @ (sigma * sigma).T), "square x"),
+    (lambda x, mu, sigma: (x @ mu.T, (x @ sigma.T) ** 2), "standard deviations do not"),
+    (lambda x, mu, sigma: (x @ mu.T, torch.sqrt((x * x) @ (sigma * sigma).T)), "standard deviation; return"),
+    (lambda x, mu, sigma: (x @ mu.T, (x * x) @ sigma.T), "use σ², not σ"),
+    (lambda x, mu, sigma: (mu @ x.T, (x * x) @ (sigma * sigma).T), "shape"),
+    (lambda x, mu, sigma: (x @ mu.T + 0.1, (x * x) @ (sigma * sigma).T), "mean is wrong"),
+])
+def test_local_reparameterisation_rejects_plausible_wrong_answers(wrong, diagnosis):
+    result = checks.check_local_reparameterisation(wrong, stop=False)
+    assert result.status == "wrong" and diagnosis in result.reason, result.reason
+
+
+def _coupled(scale_fn, extra=0.0, reduce="sum"):
+    def kl(mu, sigma, theta, sigma0, eps):
+        s = scale_fn(theta, sigma0, eps)
+        terms = torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5 + extra
+        return terms.sum() if reduce == "sum" else terms.mean()
+    return kl
+
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (_coupled(lambda t, s0, e: s0 * (t + e)), "divide by 1 + ε"),
+    (_coupled(lambda t, s0, e: s0 * torch.sqrt((t + e) / (1 + e))), "variance"),
+    (_coupled(lambda t, s0, e: s0 + 0 * t), "does not depend on θ"),
+    (_coupled(lambda t, s0, e: s0 * (t + e) / (1 + e), extra=0.5), "−½"),
+    (_coupled(lambda t, s0, e: s0 * (t + e) / (1 + e), reduce="mean"), "do not average"),
+    (lambda mu, sigma, theta, sigma0, eps: coupled_kl_right(mu, sigma, torch.tensor(theta.item()), sigma0, eps),
+     "keep θ a tensor"),
+])
+def test_coupled_kl_rejects_plausible_wrong_answers(wrong, diagnosis):
+    result = checks.check_coupled_kl(wrong, stop=False)
+    assert result.status == "wrong" and diagnosis in result.reason, result.reason

@@ -30,17 +30,22 @@ class StaleResultsWarning(UserWarning):
 warnings.simplefilter("always", StaleResultsWarning)  # every use of a stale result is shown, not only the first
 
 
-CODE = ("vnas", "configs")
-"""What a result depends on: a change here since its commit makes it stale."""
+CODE = ("vnas", "configs", ":(exclude)vnas/checks", ":(exclude)vnas/plots", ":(exclude)vnas/widgets.py",
+        ":(exclude)vnas/book.py", ":(exclude)vnas/bridge.py", ":(exclude)vnas/results.py", ":(exclude)configs/sweeps")
+"""What a result depends on (git pathspecs): a change here since its commit makes it stale. Left out: the
+exercise checkers, plots, widgets, the book builder, chapter 04's exact bridge and this module, which no search
+or training runs; and the sweep configs, since each results folder's own config is compared with its file."""
 
 
 def code_commit() -> str:
-    """The commit results are made from, with '+dirty' when vnas/ or configs/ have uncommitted changes."""
+    """The commit results are made from, with '+dirty' when the code they depend on (``CODE``) has uncommitted
+    changes."""
     return runs.git_commit(CODE)
 
 
 def code_changed_since(commit: str, paths: tuple[str, ...] = CODE) -> str | None:
-    """Why ``paths`` (default vnas/ and configs/) may differ from those of ``commit`` (None when the same)."""
+    """Why ``paths`` (default ``CODE``: what searches and trainings run) may differ from those of ``commit``
+    (None when the same)."""
     if commit.endswith("+dirty"):
         return "it was made from uncommitted changes"
     try:
@@ -53,7 +58,7 @@ def code_changed_since(commit: str, paths: tuple[str, ...] = CODE) -> str | None
 
 
 def write(folder: Path, results: dict, cfg: dict, run_mode: str, wall_seconds: float, command: str | None = None,
-          compute_seconds: float | None = None) -> dict:
+          compute_seconds: float | None = None, data: str | None = None) -> dict:
     """Write ``results.json`` and ``manifest.json`` into ``folder`` (created if needed); returns the manifest.
     ``wall_seconds`` is this call's; ``compute_seconds`` the run time of everything in the results, when
     some of it was computed by an earlier call (a resumed sweep).
@@ -69,6 +74,8 @@ def write(folder: Path, results: dict, cfg: dict, run_mode: str, wall_seconds: f
     manifest["wall_seconds"] = round(float(wall_seconds), 1)
     if compute_seconds is not None:
         manifest["compute_seconds"] = round(float(compute_seconds), 1)
+    if data is not None:
+        manifest["data"] = data  # which images: the full CIFAR-10 or the bundled tiny subset
     # results compact (they can hold every epoch of dozens of runs), the manifest for people to read
     runs._atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results)))
     runs.RunDir(folder).write_json("manifest.json", manifest)
@@ -110,7 +117,7 @@ class Loaded:
         minutes = m.get("compute_seconds", m.get("wall_seconds", float("nan"))) / 60
         text = (f"loaded data/results/{self.name}: made by `{m.get('command')}` in {m.get('mode')} mode on "
                 f"{m.get('hardware')}, commit {str(m.get('git_commit'))[:12]}, finished {m.get('finished')}, "
-                f"{minutes:.1f} min of run time; not run by this notebook.")
+                f"{minutes:.1f} min of run time; data: {m.get('data', 'not recorded')}; not run by this notebook.")
         if self.stale:
             text += " STALE: " + "; ".join(self.stale) + ". Rerun its command to refresh it."
         return text

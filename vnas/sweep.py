@@ -229,8 +229,9 @@ def run_one(cfg: search.SearchConfig, samples: int, sweep_cfg: dict | None = Non
     if sweep_cfg is not None and "retrain" in sweep_cfg:
         record["retrain"] = sweep_cfg["retrain"]
         record["retrained"] = retrain(sweep_cfg, genotype, cfg.seed)
+    record["data"] = _dataset().describe()
     record["seconds"] = time.perf_counter() - start
-    record["git_commit"] = runs.git_commit(("vnas",))  # the code; the config is in the record itself
+    record["git_commit"] = results.code_commit()  # the code; the config is in the record itself
     return _round(record)
 
 
@@ -270,7 +271,8 @@ def run_sweep(cfg: dict, out: Path, jobs: int = 1, log=print) -> dict:
                     # reused only when made by the same code (vnas/) from the same config; else run again
                     if (record is not None and record.get("config") == _round(config.config_dict(scfg))
                             and record.get("retrain") == cfg.get("retrain")
-                            and results.code_changed_since(record.get("git_commit", "unknown"), ("vnas",)) is None):
+                            and record.get("data") == _dataset().describe()
+                            and results.code_changed_since(record.get("git_commit", "unknown")) is None):
                         records[key] = record
                         continue
                 todo.append((key, (str(path), scfg, cfg["samples"], cfg)))
@@ -293,7 +295,8 @@ def run_sweep(cfg: dict, out: Path, jobs: int = 1, log=print) -> dict:
     ordered = [dict(records[k], point=k[0], method=k[1], seed=k[2]) for k in sorted(records)]
     found = {"points": grid_points(cfg), "summary": summarise(cfg, ordered), "runs": ordered}
     results.write(out, found, copy.deepcopy(cfg), cfg["mode"], time.perf_counter() - start,
-                  command=_command(cfg, out, jobs), compute_seconds=sum(r["seconds"] for r in ordered))
+                  command=_command(cfg, out, jobs), compute_seconds=sum(r["seconds"] for r in ordered),
+                  data=_dataset().describe())
     return found
 
 
