@@ -52,6 +52,16 @@ def test_search_derive_and_resume_finished(tmp_path, capsys):
     (["resume", "nowhere"], "missing"),
     (["train", "--genotype", "|bogus~0|", "--out", "x"], "op"),
     (["describe", "--genotype", "no_such_file.json"], "no_such_file.json"),
+    (["search", "--space", "nb201", "--method", "darts", "--weights", "gaussian", "--weight-prior", "coupled",
+      "--out", "x"], "method 'darts' has none"),
+    (["search", "--space", "nb201", "--method", "variational", "--weights", "gausian", "--out", "x"],
+     "Did you mean 'gaussian'"),
+    (["search", "--space", "nb201", "--method", "variational", "--weights", "gaussian", "--weight-prior", "laplace",
+      "--out", "x"], "Unknown weight prior 'laplace'"),
+    (["search", "--space", "nb201", "--method", "variational", "--weight-prior", "coupled", "--out", "x"],
+     "needs Bayesian weights"),
+    (["train", "--genotype", "DARTS_V2", "--weights", "gaussian", "--weight-prior", "coupled", "--out", "x"],
+     "a final network has one fixed genotype"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -76,3 +86,20 @@ def test_train_smoke_run_and_resume(tmp_path, capsys):
     assert len(hist) == 1 and 0 <= hist[0]["test_acc"] <= 1
     code, text, _ = run(capsys, "resume", str(out))
     assert code == 0 and "after epoch 1 of 1" in text
+
+
+def test_bayesian_search_and_training_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "search"
+    code, _, err = run(capsys, "search", "--space", "nb201", "--method", "variational", "--mode", "smoke",
+                       "--weights", "gaussian", "--weight-prior", "coupled", "--epochs", "1", "--out", str(out))
+    assert code == 0, err
+    row = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert row["weights"]["weight_kl"] > 0 and row["architecture"]["weight_kl"] > 0
+    assert row["weights"]["structure_kl"] == 0 and row["architecture"]["structure_kl"] > 0
+    assert "l2_w" in row["weights"] and row["weight_posterior"]["sigma_mean"] > 0
+    out = tmp_path / "train"
+    code, _, err = run(capsys, "train", "--genotype", "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|"
+                       "none~1|nor_conv_1x1~2|", "--mode", "smoke", "--weights", "gaussian", "--out", str(out))
+    assert code == 0, err
+    row = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert row["weights"]["weight_kl"] > 0 and 0 <= row["test_ece"] <= 1

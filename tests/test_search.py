@@ -507,3 +507,100 @@ def test_epoch_means_of_vectors():
     means.add("g", {"v": torch.tensor([1.0, 2.0]), "s": torch.tensor(1.0)})
     means.add("g", {"v": torch.tensor([3.0, 6.0]), "s": torch.tensor(2.0)})
     assert means.means() == {"g": {"v": [2.0, 4.0], "s": 1.5}}
+
+
+# --- Bayesian weights (chapter 05) -----------------------------------------------------------------------
+
+def test_gaussian_weights_replace_the_weight_decay_and_record_their_kl(tiny_data):
+    from vnas import bayes, objectives
+
+    s = search.Search(make("variational", weights="gaussian", weight_kl_warmup=2.0, epochs=2), dataset=tiny_data,
+                      device=torch.device("cpu"), progress=False)
+    layers = bayes.variational_layers(s.supernet)
+    assert layers and not any(isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in s.supernet.modules())
+    # the prior's L2 on the means is exactly the weight decay it replaces (Eq. (5.4))
+    n = len(s.train_idx)
+    _, layer = layers[3]
+    kl = objectives.weight_kl(s.supernet, s.weight_prior) * s.cfg.weight_kl_weight / n
+    (grad,) = torch.autograd.grad(kl, layer.weight_mu)
+    torch.testing.assert_close(grad, s.cfg.weight_decay * layer.weight_mu.detach(), rtol=1e-4, atol=1e-9)
+    history = s.fit(log=None)
+    first, second = (h["weights"] for h in history)
+    assert first["weight_kl"] > 0 and first["structure_kl"] == 0
+    assert 0 < first["kl_weight"] < second["kl_weight"] <= 1.0  # KL annealing over weight_kl_warmup epochs
+    # the L2 term covers only the point tensors left (BatchNorm's affine ones), far less than all the weights'
+    point = sum(p.square().sum().item() for p in s.supernet.parameters() if id(p) not in s._variational)
+    assert second["l2_w"] == pytest.approx(s.cfg.weight_decay / 2 * point, rel=0.2)
+    assert "weight_kl" not in history[-1]["architecture"]  # only the coupled prior puts it in the structure step
+    assert history[-1]["weight_posterior"]["sigma_mean"] > 0
+
+
+def test_the_coupled_prior_reaches_the_structure_posterior(tiny_data):
+    s = search.Search(make("variational", weights="gaussian", weight_prior="coupled"), dataset=tiny_data,
+                      device=torch.device("cpu"), progress=False)
+    batch = next(iter(s.train_batches))
+    terms = s.architecture_step(batch, batch, xi=0.0)
+    assert terms["weight_kl"].item() > 0 and terms["structure_kl"].item() > 0
+    assert terms["elbo"].item() == pytest.approx(-(terms["nll"] + (terms["structure_kl"] + terms["weight_kl"])
+                                                   / len(s.val_idx)).item(), rel=1e-5)
+    # the weight KL alone moves alpha: its gradient with respect to the structure is not zero
+    from vnas import objectives
+
+    s.arch_optimizer.zero_grad()
+    theta = s.posterior.sample()
+    objectives.weight_kl(s.supernet, s.weight_prior, theta, detach_q=True).backward()
+    assert s.posterior.alphas["cell"].grad.abs().sum() > 0
+    assert all(p.grad is None for p in s.supernet.parameters())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(method="darts", weights="gaussian", weight_prior="coupled"), "method 'darts' has none.*'variational'"),
+    (dict(method="random", weights="gaussian", weight_prior="coupled"), "method 'random' has none"),
+    (dict(method="snas", weights="gaussian", weight_prior="coupled"), "method 'snas' has none"),
+    (dict(weights="bayesian"), "Unknown weights 'bayesian'"),
+    (dict(weights="gaussian", weight_prior="cauchy"), "Unknown weight prior 'cauchy'"),
+    (dict(weights="gaussian", weight_prior_sigma=0.0), "sigma must be a finite number > 0"),
+    (dict(weights="gaussian", weight_prior_sigma=-1.0), "sigma must be a finite number > 0"),
+    (dict(weights="gaussian", weight_prior="mixture", weight_prior_pi=1.0), "strictly between 0 and 1"),
+    (dict(weights="gaussian", weight_prior="mixture", weight_prior_pi=-0.2), "strictly between 0 and 1"),
+    (dict(weights="gaussian", weight_prior="mixture", weight_prior_sigma2=0.0), "sigma2"),
+    (dict(weights="gaussian", weight_kl_weight=-1.0), "weight_kl_weight"),
+    (dict(weights="gaussian", weight_sigma_init=0.0), "initial scale"),
+    (dict(weights="gaussian", weight_decay=0.0), "set weight_prior_sigma"),
+    (dict(weight_prior="mixture"), "needs Bayesian weights"),
+])
+def test_bad_weight_options_are_refused_with_what_to_do(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make(**{"method": "variational", **overrides})
+
+
+def test_a_nan_weight_kl_stops_names_the_layer_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
+    from vnas import bayes
+
+    out = tmp_path / "run"
+    s = search.start(make("variational", weights="gaussian", epochs=3), out, dataset=tiny_data,
+                     device=torch.device("cpu"), progress=False)
+    s.fit(epochs=1, log=None)
+    good = (out / "checkpoint.pt").read_bytes()
+    # one weight's σ underflows to 0: the network's output stays finite, its log σ in the KL does not
+    name, layer = bayes.variational_layers(s.supernet)[-1]
+    with torch.no_grad():
+        layer.weight_rho[0, 0] = -1e4
+    assert layer.weight_sigma[0, 0].item() == 0.0
+    with pytest.raises(search.NonFiniteError, match=f"the weight_kl objective became inf.*weight KL is not finite "
+                                                    f"is {name} .*epoch 1\\) is kept"):
+        s.fit(log=None)
+    assert (out / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_bayesian_search_resumes_exactly(tmp_path, tiny_data):
+    cfg = make("variational", weights="gaussian", weight_prior="coupled", epochs=2)
+    whole = search.Search(cfg, dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    whole.fit(log=None)
+    out = tmp_path / "run"
+    first = search.start(cfg, out, dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    first.fit(epochs=1, log=None)
+    resumed = search.resume(out, dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    resumed.fit(log=None)
+    assert resumed.history[-1]["weights"] == whole.history[-1]["weights"]
+    assert resumed.history[-1]["genotype"] == whole.history[-1]["genotype"]

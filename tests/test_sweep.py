@@ -151,3 +151,40 @@ def test_the_shipped_sweep_configs_are_valid():
     for path in sorted((config.CONFIG_DIR / "sweeps").glob("*.toml")):
         cfg = sweep.load_sweep_config(path)
         assert cfg["methods"], path
+
+
+def test_explicit_points_and_the_retrain_table(tmp_path):
+    """Arms that a product cannot express (a prior that needs Bayesian weights), and the derived cells retrained
+    under one budget and evaluated clean and shifted."""
+    base = "\n".join(f"{k} = {v}" for k, v in TINY.items())
+    path = write_config(tmp_path, f'space = "nb201"\nmode = "smoke"\nmethods = ["variational"]\nseeds = 1\n'
+                                  f'samples = 3\npoints = [{{weights = "point"}}, {{weights = "gaussian", '
+                                  f'weight_prior = "coupled"}}]\n[base]\n{base}\n[retrain]\nepochs = 1\n'
+                                  f'shifts = ["noise", "jpeg"]\nseverities = [1, 5]\n')
+    cfg = sweep.load_sweep_config(path)
+    assert sweep.grid_points(cfg) == [{"weights": "point"}, {"weights": "gaussian", "weight_prior": "coupled"}]
+    found = sweep.run_sweep(cfg, tmp_path / "out", log=None)
+    coupled = found["runs"][1]
+    assert coupled["config"]["weight_prior"] == "coupled" and coupled["history"][-1]["weights"]["weight_kl"] > 0
+    shifted = coupled["retrained"]["shifted"]
+    assert set(shifted) == {"noise", "jpeg"} and len(shifted["jpeg"]) == 2
+    assert {"acc", "nll", "ece", "brier"} <= set(coupled["retrained"]["clean"])
+    row = found["summary"][1]
+    assert set(row["retrained"]) >= {"acc", "nll", "ece"} and len(row["retrained_shifted"]["noise"]) == 2
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["data"].startswith("bundled tiny subset")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('points = []', "non-empty list of tables"),
+    ('points = [1, 2]', "non-empty list of tables"),
+    ('[retrain]\nepochz = 3', "Unknown key.*epochz.*retrain"),
+    ('[retrain]\nshifts = ["fog"]', "Unknown shift"),
+    ('[retrain]\nseverities = [0, 6]', "severities.*1..5"),
+    ('points = [{weights = "gaussian", weight_prior = "coupled"}]\nmethods = ["darts"]', "method 'darts' has none"),
+])
+def test_bad_points_and_retrain_tables_fail_before_anything_runs(tmp_path, text, message):
+    head = 'space = "nb201"\nmode = "smoke"\nseeds = 1\n'
+    if "methods" not in text:
+        head += 'methods = ["variational"]\n'
+    with pytest.raises((config.ConfigError, ValueError), match=message):
+        sweep.load_sweep_config(write_config(tmp_path, head + text + "\n"))
