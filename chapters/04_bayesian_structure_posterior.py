@@ -225,13 +225,6 @@ print(f"\nReading ({MODE} mode): from N = {small['n']} to N = {large['n']} the T
 
 # %%
 SWEEPS = config.CONFIG_DIR / "sweeps"
-
-
-def sweep_results(name, expected=None):
-    """data/results/<name>, checked against the sweep config it must come from (None when it is absent)."""
-    return results.load(name, expected_config=expected or sweep.load_sweep_config(SWEEPS / f"{name}.toml"))
-
-
 COMPARISON = sweep.load_sweep_config(SWEEPS / "nb201_comparison.toml")
 protocol = copy.deepcopy(COMPARISON)
 if MODE == "smoke":  # CI: the smoke sizes of configs/search_nb201.toml, with the protocol's own settings
@@ -397,9 +390,9 @@ print(f"Spearman correlation between the stakes of an edge and q's uncertainty o
 # rate and epochs below.
 
 # %%
-proto = sweep_results("nb201_protocol")
+proto = results.load_sweep("nb201_protocol")
 if proto is None:
-    print("data/results/nb201_protocol is absent: run the command above to make it.")
+    print(results.missing("nb201_protocol"))
 else:
     print(proto.describe())
     rows = proto.results["summary"]
@@ -504,14 +497,13 @@ PUBLISHED = {  # NB201 CIFAR-10 test accuracy of the published searches (full pr
     "random_ws": "87.66 ± 1.69 (RSPS, random search with parameter sharing; Dong & Yang 2020)",
     "random": f"{all_acc.mean():.2f} mean, {np.median(all_acc):.2f} median (the table itself)",
 }
-loaded = sweep_results("nb201_comparison", COMPARISON)
+loaded = results.load_sweep("nb201_comparison")
 sources = {f"live, {live['seeds']} seed(s)": live_found}
 if loaded is not None:
     print(loaded.describe())
     sources[f"data/results, {loaded.results['summary'][0]['seeds'][-1] + 1} seeds"] = loaded.results
 else:
-    print("data/results/nb201_comparison is absent: `python -m vnas sweep configs/sweeps/nb201_comparison.toml "
-          "--jobs 2` makes it.")
+    print(results.missing("nb201_comparison"))
 for name, found in sources.items():
     print(f"\n{name}: {'method':12s} {'derived cell (mean ± 95% CI)':>30s} {'E_q accuracy':>13s}   published")
     for r in found["summary"]:
@@ -613,9 +605,9 @@ if sharp:
 # up when DARTS gets four times the steps.
 
 # %%
-darts_var = sweep_results("darts_variational")
+darts_var = results.load_sweep("darts_variational")
 if darts_var is None:
-    print("data/results/darts_variational is absent: `python -m vnas sweep configs/sweeps/darts_variational.toml`.")
+    print(results.missing("darts_variational"))
 else:
     print(darts_var.describe())
     rec = darts_var.results["runs"][0]
@@ -633,9 +625,9 @@ else:
           f"parameter-free share of the derived cell {rec['history'][-1]['parameter_free_share']}")
 
 # %%
-long = sweep_results("nb201_darts_long")
+long = results.load_sweep("nb201_darts_long")
 if long is None:
-    print("data/results/nb201_darts_long is absent: `python -m vnas sweep configs/sweeps/nb201_darts_long.toml`.")
+    print(results.missing("nb201_darts_long"))
 else:
     print(long.describe())
     fig, axes = plt.subplots(1, 3, figsize=(17, 3.3))

@@ -308,11 +308,6 @@ del probe
 # protocol (chapter 04's, `configs/sweeps/nb201_comparison.toml`); it is loaded, not run here.
 
 # %%
-def sweep_results(name):
-    """data/results/<name>, checked against the sweep config it must come from (None when it is absent)."""
-    return results.load(name, expected_config=sweep.load_sweep_config(SWEEPS / f"{name}.toml"))
-
-
 def arm_name(point: dict) -> str:
     if point.get("weights", "point") == "point":
         return "point"
@@ -328,10 +323,9 @@ def last_row(record):
     return record["history"][-1]
 
 
-proto = sweep_results("bayes_protocol")
+proto = results.load_sweep("bayes_protocol")
 if proto is None:
-    print("data/results/bayes_protocol is absent: `python -m vnas sweep configs/sweeps/bayes_protocol.toml "
-          "--jobs 2` makes it.")
+    print(results.missing("bayes_protocol"))
 else:
     print(proto.describe())
     print(f"\n{'arm':34s} {'σ start→end':>16s} {'SNR end':>8s} {'KL/N end':>9s} {'|μ| end':>8s} "
@@ -398,14 +392,13 @@ print(f"{len(live_found['runs'])} searches and retrainings in {(time.perf_counte
       f"({MODE} mode, {vnas.config.hardware()})")
 print(sweep.format_summary(live_found))
 
-loaded = sweep_results("bayes_nb201")
+loaded = results.load_sweep("bayes_nb201")
 sources = {f"live, {live['seeds']} seed(s)": live_found}
 if loaded is not None:
     print(loaded.describe())
     sources[f"data/results, {BAYES['seeds']} seeds"] = loaded.results
 else:
-    print("data/results/bayes_nb201 is absent: `python -m vnas sweep configs/sweeps/bayes_nb201.toml --jobs 2` "
-          "makes it.")
+    print(results.missing("bayes_nb201"))
 
 
 def by_arm(found):
@@ -535,7 +528,7 @@ for name, found in sources.items():
 cell = by_arm(live_found)["point"][0]["genotype"]
 budget = dict(protocol.get("retrain", {}))
 budget = {k: v for k, v in budget.items() if k not in ("shifts", "severities", "eval_samples_bayesian")}
-S = 2 if MODE == "smoke" else 16
+S = 2 if MODE == "smoke" else 8  # also the per-epoch test evaluation of the Bayesian network
 trained = {}
 for weights in ("point", "gaussian"):
     tcfg = train.load_train_config(cell, run_mode=MODE, weights=weights, eval_samples=S, **budget)
@@ -579,9 +572,9 @@ print(f"Averaging {S} weight samples changes the Bayesian network's NLL by {-gai
 # no table to look the cells up in, so the question is the one this chapter can answer: which ops survive.
 
 # %%
-darts_found = sweep_results("bayes_darts")
+darts_found = results.load_sweep("bayes_darts")
 if darts_found is None:
-    print("data/results/bayes_darts is absent: `python -m vnas sweep configs/sweeps/bayes_darts.toml --jobs 2` makes it.")
+    print(results.missing("bayes_darts"))
 else:
     print(darts_found.describe())
     d_ops = spaces.darts.PRIMITIVES

@@ -188,3 +188,13 @@ def test_bad_points_and_retrain_tables_fail_before_anything_runs(tmp_path, text,
         head += 'methods = ["variational"]\n'
     with pytest.raises((config.ConfigError, ValueError), match=message):
         sweep.load_sweep_config(write_config(tmp_path, head + text + "\n"))
+
+
+def test_load_sweep_checks_against_its_config_file_and_missing_says_how_to_make_it(tmp_path):
+    assert results.load_sweep("no_such_sweep_here", root=tmp_path) is None
+    assert "python -m vnas sweep configs/sweeps/bayes_nb201.toml" in results.missing("bayes_nb201")
+    folder = tmp_path / "bayes_nb201"
+    cfg = sweep.load_sweep_config(config.CONFIG_DIR / "sweeps" / "bayes_nb201.toml")
+    results.write(folder, {"summary": []}, dict(cfg, seeds=1), "quick", 1.0)
+    with pytest.warns(results.StaleResultsWarning, match="config differs.*'seeds'"):
+        assert results.load_sweep("bayes_nb201", root=tmp_path).stale

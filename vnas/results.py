@@ -147,5 +147,22 @@ def load(name: str, expected_config: dict | None = None, root: Path | None = Non
     return loaded
 
 
-__all__ = ["CODE", "Loaded", "StaleResultsWarning", "code_changed_since", "code_commit", "load", "stale_reasons",
-           "write"]
+def load_sweep(name: str, root: Path | None = None) -> Loaded | None:
+    """The results folder ``name`` that ``python -m vnas sweep configs/sweeps/<name>.toml`` makes, checked against
+    that file (stale when its config differs), or None when absent (``missing(name)`` says how to make it).
+    Introduced in chapters/04_bayesian_structure_posterior.py."""
+    from vnas import sweep  # here, not at the top: the sweep module writes results
+
+    if not (Path(root or config.RESULTS_DIR) / name).exists():
+        return None
+    return load(name, expected_config=sweep.load_sweep_config(config.CONFIG_DIR / "sweeps" / f"{name}.toml"), root=root)
+
+
+def missing(name: str) -> str:
+    """What to say when the results folder of sweep ``name`` is absent. Introduced in
+    chapters/04_bayesian_structure_posterior.py."""
+    return f"data/results/{name} is absent: `python -m vnas sweep configs/sweeps/{name}.toml --jobs 2` makes it."
+
+
+__all__ = ["CODE", "Loaded", "StaleResultsWarning", "code_changed_since", "code_commit", "load", "load_sweep",
+           "missing", "stale_reasons", "write"]
