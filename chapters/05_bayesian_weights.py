@@ -427,6 +427,19 @@ for name, found in sources.items():
         print(f"  {arm:22s} {mean:14.2f} ± {half:5.2f}    {free:10.2f}   " + " ".join(f"{v:12.3f}" for v in op_mean))
     for arm, recs in arms.items():
         print(f"  {arm:22s} seed 0: {recs[0]['genotype']}")
+arms = by_arm(list(sources.values())[-1])
+fig, ax = plt.subplots(figsize=(10, 3.4))
+width = 0.8 / len(arms)
+for i, (arm, recs) in enumerate(arms.items()):
+    per_seed = np.array([np.asarray(last_row(r)["edges"]["cell"]["mean"]).mean(0) for r in recs])
+    ax.bar(np.arange(len(spaces.nb201.PRIMITIVES)) + i * width, per_seed.mean(0), width, label=arm,
+           yerr=per_seed.std(0) if len(recs) > 1 else None, capsize=2)
+ax.set_xticks(np.arange(len(spaces.nb201.PRIMITIVES)) + 0.4 - width / 2, spaces.nb201.PRIMITIVES)
+ax.axhline(1 / len(spaces.nb201.PRIMITIVES), color="0.5", ls=":", lw=0.8, label="uniform start")
+ax.set_ylabel("posterior mean weight\n(mean over edges; bars: seeds' spread)")
+ax.set_title(f"which ops survive ({list(sources)[-1]})")
+ax.legend(fontsize=8)
+plt.show()
 
 # %% [markdown]
 # **The supernet during search.** Per arm (the largest source): its validation accuracy at the posterior
