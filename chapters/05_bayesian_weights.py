@@ -581,7 +581,7 @@ print(f"Averaging {S} weight samples changes the Bayesian network's NLL by {-gai
 # ## 7. The DARTS space
 #
 # The same arms in the DARTS space run longer than this chapter can afford; `configs/sweeps/bayes_darts.toml`
-# ran them (two seeds, 10 epochs of the quick DARTS protocol at 16 × 16) and the results are loaded. There is
+# ran them (one seed, 10 epochs of the quick DARTS protocol at 16 × 16) and the results are loaded. There is
 # no table to look the cells up in, so the question is the one this chapter can answer: which ops survive.
 
 # %%
