@@ -627,11 +627,35 @@ for arm in coupled_arms:
                        f"{mean:+.2f} ± {half:.2f}). The prior charges every weight a log-normaliser, the weights before "
                        f"a BatchNorm can shrink at no cost to the likelihood, and θ follows them down: on these "
                        f"supernets the ARD-like prior prunes by parameter count rather than by usefulness.")
+    elif np.isfinite(half) and mean + half < 0:
+        op_mean = np.mean([np.asarray(last_row(r)["edges"]["cell"]["mean"]).mean(0) for r in arms[arm]], axis=0)
+        top = spaces.nb201.PRIMITIVES[int(op_mean.argmax())]
+        sizes = {o: sum(p.numel() for p in ops.make_op(o, 8).parameters()) for o in spaces.nb201.PRIMITIVES}
+        parametric = {o: n for o, n in sizes.items() if n > 0}
+        cheapest = min(parametric, key=parametric.get)
+        summary.append(f"- Under '{arm}' the parameter-free share falls to {free[arm]:.2f} (paired difference "
+                       f"{mean:+.2f} ± {half:.2f}), and the op with the largest posterior mean weight is {top} "
+                       f"({op_mean.max():.2f})" + (f", the parametric op with the fewest weights ({parametric[top]} "
+                       f"against {max(parametric.values())} at 8 channels): the same per-weight charge, tempered, "
+                       f"keeps the ops the likelihood needs and picks the cheapest." if top == cheapest else "."))
     else:
         summary.append(f"- Under '{arm}' the parameter-free share is {free[arm]:.2f} against {free['point']:.2f} with "
                        f"point weights (paired difference {mean:+.2f} ± {half:.2f}): "
                        + ("one seed, no interval: no finding." if not np.isfinite(half) else
                           "no clear change in which ops survive at this budget."))
+for arm in arms:
+    if arm == "point":
+        continue
+    parts = [f"{label} {m:+.3f} ± {h:.3f} ({v})" for (s_, a, label), (m, h, v) in verdicts.items()
+             if s_ == src and a == arm and label != "NB201"]
+    summary.append(f"- '{arm}' minus point, the retrained cells: " + "; ".join(parts) + ".")
+if all("retrained" in r for recs in arms.values() for r in recs):
+    worst = {arm: np.mean([np.mean([r["retrained"]["shifted"][k][-1]["ece"] for k in r["retrained"]["shifted"]])
+                           for r in recs]) for arm, recs in arms.items()}
+    summary.append("- Under the strongest shifts (the last severity, averaged over the kinds) the retrained cells' "
+                   "ECE is " + ", ".join(f"{a} {v:.3f}" for a, v in worst.items()) + "; clean, "
+                   + ", ".join(f"{a} {np.mean([r['retrained']['clean']['ece'] for r in recs]):.3f}"
+                               for a, recs in arms.items()) + ".")
 gauss = [(a, v) for (s, a, label), v in verdicts.items() if s == src and a == "gaussian" and label == "NB201"]
 if gauss:
     (_, (m, h, verdict)), = gauss
