@@ -539,12 +539,14 @@ for name, found in sources.items():
 
 # %%
 cell = by_arm(live_found)["point"][0]["genotype"]
-budget = dict(protocol.get("retrain", {}))
-budget = {k: v for k, v in budget.items() if k not in ("shifts", "severities", "eval_samples_bayesian")}
+# a smaller budget than the comparison's retraining (the chapter's time), the same for both networks; q(w) starts
+# at the comparison's σ, since from train's default 1e-3 it stays a near-point (section 4)
+budget = {} if MODE == "smoke" else {"images_per_class": 300, "epochs": 10}
 S = 2 if MODE == "smoke" else 8  # also the per-epoch test evaluation of the Bayesian network
 trained = {}
 for weights in ("point", "gaussian"):
-    tcfg = train.load_train_config(cell, run_mode=MODE, weights=weights, eval_samples=S, **budget)
+    tcfg = train.load_train_config(cell, run_mode=MODE, weights=weights, eval_samples=S,
+                                   weight_sigma_init=BAYES["base"]["weight_sigma_init"], **budget)
     trainer = train.Trainer(tcfg, dataset=cifar, device=DEVICE, progress=False)
     trainer.fit(log=None)
     trained[weights] = trainer
