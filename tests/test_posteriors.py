@@ -219,7 +219,13 @@ def test_interface_shapes_for_both_spaces(method, space):
     if q.sparse:  # exact zeros the supernet may skip
         assert all(torch.any(t == 0) for t in q.sample().values())
     terms = objectives.architecture_terms(q, torch.tensor(2.0), num_data=1000)
-    assert set(terms) >= {"nll", "structure_kl", "weight_kl", "penalty", "objective", *q.regularisers()}
+    # the weight KL is a term of the structure step only under a structure-dependent weight prior (chapter 05)
+    assert set(terms) >= {"nll", "structure_kl", "penalty", "objective", *q.regularisers()}
+    assert "weight_kl" not in terms
+    coupled = objectives.architecture_terms(q, torch.tensor(2.0), num_data=1000, weight_kl=torch.tensor(50.0),
+                                            weight_kl_weight=0.5)
+    assert coupled["weight_kl"].item() == 50.0
+    assert coupled["penalty"].item() == pytest.approx(terms["penalty"].item() + 0.5 * 50.0 / 1000)
     if trained:
         loss = sum(t.square().sum() for t in q.sample().values()) + terms["penalty"]
         loss.backward()
