@@ -63,12 +63,16 @@ def test_every_method_searches_nb201(method, tiny_data):
 @pytest.mark.parametrize("key", sorted(json.loads(GOLDEN.read_text())["runs"]))
 def test_behaviour_is_kept_from_before_the_refactor(key, tiny_data):
     """A pinned smoke search gives the genotype and architecture parameters recorded before the 'one house'
-    refactor (tests/golden/search_smoke.json: its provenance names the commit). First order matches to 1e-9.
+    refactor (tests/golden/search_smoke.json: its provenance names the commit).
     Second order gets 1e-5 (2.8e-6 on nb201): the weights' L2 gradient is now autograd's product added to
     the clipped gradient, where SGD's weight decay did one fused multiply-add, and the finite-difference
     Hessian-vector product amplifies that last-bit difference. Adding the L2 gradient as SGD did reproduces
     every run here bit for bit (checked when this golden was adopted). The images are 32 x 32 (image_size's
-    default), so the downsampling added later leaves these runs untouched."""
+    default), so the downsampling added later leaves these runs untouched.
+    The numbers also depend on the CPU: oneDNN picks its kernels by instruction set. On an AVX-512-FP16 Xeon the
+    same commit that passed with 1e-6 / 1e-5 elsewhere gives first-order deviations up to 1.2e-5 (darts/drnas)
+    and 3.0e-4 for the DARTS-space second-order run, every genotype still identical: hence 5e-5 for first
+    order and 1e-3 for that run. A change of behaviour moves alpha by far more (and usually the genotype)."""
     golden = json.loads(GOLDEN.read_text())
     space, method, order = key.split("/")
     # the golden variational runs carried the L2 on alpha that the method no longer has (issue 8): set it
@@ -78,7 +82,7 @@ def test_behaviour_is_kept_from_before_the_refactor(key, tiny_data):
     s.fit(log=None)
     recorded = golden["runs"][key]
     assert str(s.genotype()) == recorded["genotype"]
-    tol = 1e-5 if order == "second" else 1e-6
+    tol = (1e-3 if space == "darts" else 1e-5) if order == "second" else 5e-5
     for cell_type, alpha in recorded["alphas"].items():
         got = s.posterior.alphas[cell_type].detach().double()
         assert (got - torch.tensor(alpha)).abs().max().item() < tol, cell_type
