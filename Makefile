@@ -11,10 +11,15 @@ STAMP := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)' 2>/dev/null || ech
 .PHONY: env book test lint lab clean
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installed without its dependencies: torchattacks pins an old `requests` that conflicts with JupyterLab, and a
+# pyproject extra cannot say --no-deps. It needs scipy (a dev dependency) at import. Keep environment.yml in step.
+NO_DEPS := torchattacks==3.5.1
+
+$(STAMP): pyproject.toml Makefile
 	@if [ ! -x "$(PYTHON)" ] && [ "$(PYTHON)" = ".venv/bin/python" ]; then python3 -m venv .venv; fi
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install --no-deps $(NO_DEPS)
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch "$$($(PYTHON) -c 'import sys; print(sys.prefix)')/.vnas-installed"
 

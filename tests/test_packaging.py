@@ -47,3 +47,14 @@ def test_installed_torch_pair_imports():
 
     assert torch.__version__.startswith("2.14.1") and torchvision.__version__.startswith("0.29.1")
     assert torch.ops.torchvision.nms is not None
+
+
+def test_no_deps_pin_is_the_same_in_makefile_and_environment_yml():
+    # torchattacks is installed with --no-deps (its old `requests` pin breaks JupyterLab): one pin, said twice
+    make = re.search(r"^NO_DEPS := (.+)$", (config.ROOT / "Makefile").read_text(), re.M)
+    assert make, "the Makefile must name the packages installed with --no-deps in NO_DEPS"
+    pins = make.group(1).split()
+    assert any(p.startswith("torchattacks==") for p in pins)
+    env = (config.ROOT / "environment.yml").read_text()
+    for pin in pins:
+        assert f"pip install --no-deps {pin}" in env, f"environment.yml must say how to install {pin}"

@@ -198,3 +198,27 @@ def test_load_sweep_checks_against_its_config_file_and_missing_says_how_to_make_
     results.write(folder, {"summary": []}, dict(cfg, seeds=1), "quick", 1.0)
     with pytest.warns(results.StaleResultsWarning, match="config differs.*'seeds'"):
         assert results.load_sweep("bayes_nb201", root=tmp_path).stale
+
+
+def test_added_files_leave_results_fresh_but_changed_ones_make_them_stale(tmp_path, monkeypatch):
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (tmp_path / "vnas").mkdir()
+    (tmp_path / "vnas" / "search.py").write_text("x = 1\n")
+    (tmp_path / "vnas" / "cli.py").write_text("y = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    made = git("rev-parse", "HEAD")
+    monkeypatch.setattr(results.config, "ROOT", tmp_path)
+    (tmp_path / "vnas" / "attacks.py").write_text("z = 1\n")  # a new module: cannot have changed old results
+    (tmp_path / "vnas" / "cli.py").write_text("y = 2\n")  # the command line: the config is recorded instead
+    git("add", ".")
+    git("commit", "-qm", "second")
+    assert results.code_changed_since(made) is None
+    (tmp_path / "vnas" / "search.py").write_text("x = 2\n")
+    git("commit", "-qam", "third")
+    assert "changed since" in results.code_changed_since(made)

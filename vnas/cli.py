@@ -128,10 +128,17 @@ def _assignments(args) -> int:
 
 
 def _sweep(args) -> int:
-    from vnas import config, sweep
+    from vnas import config, robustness, sweep
 
-    cfg = sweep.load_sweep_config(Path(args.config), seeds=args.seeds, methods=args.methods)
     out = Path(args.out) if args.out else config.RESULTS_DIR / Path(args.config).stem
+    if robustness.is_robustness_config(Path(args.config)):  # an [attack] table: retrain found cells, attack them
+        cfg = robustness.load_config(Path(args.config), seeds=args.seeds, models=args.methods)
+        print(config.banner())
+        found = robustness.run(cfg, out, jobs=args.jobs)
+        print(robustness.format_summary(found))
+        print(f"results and manifest: {out}")
+        return 0
+    cfg = sweep.load_sweep_config(Path(args.config), seeds=args.seeds, methods=args.methods)
     print(config.banner())
     found = sweep.run_sweep(cfg, out, jobs=args.jobs)
     print(sweep.format_summary(found))
@@ -188,10 +195,12 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("genotype")
     n.set_defaults(run=_nb201)
 
-    w = sub.add_parser("sweep", help="a grid of searches over paired seeds, summarised into data/results/")
+    w = sub.add_parser("sweep", help="a grid of searches over paired seeds, or a robustness comparison (a config "
+                       "with an [attack] table), summarised into data/results/")
     w.add_argument("config", help="a sweep TOML file, e.g. configs/sweeps/nb201_comparison.toml")
     w.add_argument("--seeds", type=int, help="seeds 0..N-1 for every method and grid point (default: the file's)")
-    w.add_argument("--methods", nargs="+", help=" | ".join(METHODS) + " (default: the file's)")
+    w.add_argument("--methods", nargs="+", help=" | ".join(METHODS) + " (default: the file's); for a robustness "
+                   "config, the names of its [models.NAME] tables")
     w.add_argument("--out", help="the results folder (default: data/results/<config file name>)")
     w.add_argument("--jobs", type=int, default=1, help="runs side by side, one CPU thread each")
     w.set_defaults(run=_sweep)

@@ -31,10 +31,12 @@ warnings.simplefilter("always", StaleResultsWarning)  # every use of a stale res
 
 
 CODE = ("vnas", "configs", ":(exclude)vnas/checks", ":(exclude)vnas/plots", ":(exclude)vnas/widgets.py",
-        ":(exclude)vnas/book.py", ":(exclude)vnas/bridge.py", ":(exclude)vnas/results.py", ":(exclude)configs/sweeps")
+        ":(exclude)vnas/book.py", ":(exclude)vnas/bridge.py", ":(exclude)vnas/results.py", ":(exclude)vnas/cli.py",
+        ":(exclude)configs/sweeps")
 """What a result depends on (git pathspecs): a change here since its commit makes it stale. Left out: the
 exercise checkers, plots, widgets, the book builder, chapter 04's exact bridge and this module, which no search
-or training runs; and the sweep configs, since each results folder's own config is compared with its file."""
+or training runs; the command line, which only parses arguments into the config that each result records (and
+that is compared with its file); and the sweep configs, for the same reason."""
 
 
 def code_commit() -> str:
@@ -45,11 +47,15 @@ def code_commit() -> str:
 
 def code_changed_since(commit: str, paths: tuple[str, ...] = CODE) -> str | None:
     """Why ``paths`` (default ``CODE``: what searches and trainings run) may differ from those of ``commit``
-    (None when the same)."""
+    (None when the same).
+
+    Files added since ``commit`` do not count: code that did not exist cannot have run, and for it to run now an
+    existing file (which does count) must have changed to call it. So a new module (``vnas/attacks.py``) leaves
+    the results made before it fresh."""
     if commit.endswith("+dirty"):
         return "it was made from uncommitted changes"
     try:
-        changed = _git("diff", "--stat", commit, "HEAD", "--", *paths).strip()
+        changed = _git("diff", "--stat", "--diff-filter=a", commit, "HEAD", "--", *paths).strip()
     except (OSError, subprocess.SubprocessError):
         return f"its commit {commit[:12]} cannot be compared with this checkout (no git, or not in it)"
     if changed:
