@@ -174,13 +174,14 @@ def train_config(cfg: dict, name: str, cell: str, seed: int) -> train.TrainConfi
 
 # --- one model ----------------------------------------------------------------------------------------
 
-def attack_images(cfg: dict, dataset: data.Cifar10) -> tuple[np.ndarray, np.ndarray]:
-    """The attacked test images: ``images`` of them, class-balanced where they can be, the same for every model
-    and seed (paired)."""
-    n = cfg["attack"]["images"]
-    per_class = max(1, n // 10)
-    idx = data.per_class_subset(dataset.y_test, min(per_class, int(np.bincount(dataset.y_test).min())), seed=0)
-    return dataset.x_test[idx][:n], dataset.y_test[idx][:n]
+def attack_images(dataset: data.Cifar10, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The attacked test images: ``n`` of them, ceil(n / 10) per class (cut to n), the same for every model and
+    seed (paired). Each class's images are taken in one fixed random order, so for multiples of 10 a smaller
+    ``n`` (the chapter's live slice) attacks a subset of the images of a larger one (the sweep's)."""
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(np.flatnonzero(dataset.y_test == c)) for c in range(10)]
+    idx = np.sort(np.concatenate([order[:-(-n // 10)] for order in orders]))[:n]
+    return dataset.x_test[idx], dataset.y_test[idx]
 
 
 def evaluate_robustness(model: nn.Module, x: np.ndarray, y: np.ndarray, attack: dict, seed: int = 0,
@@ -246,7 +247,7 @@ def run_one(cfg: dict, name: str, seed: int, models_dir: Path | None = None) -> 
     test = data.Batches(dataset.x_test, dataset.y_test, 500, device=device, train=False)
     stochastic = attacks.is_stochastic(model)
     clean = metrics.evaluate(model, test, samples=cfg["attack"]["predict_samples"] if stochastic else 1)
-    x, y = attack_images(cfg, dataset)
+    x, y = attack_images(dataset, cfg["attack"]["images"])
     record = {"model": name, "seed": seed, "cells": cells(cfg, name, seed), "stochastic": stochastic,
               "members": members, "clean": {k: clean[k] for k in ("acc", "nll", "ece", "brier", "entropy")},
               "attacked": evaluate_robustness(model, x, y, cfg["attack"], seed, device),
