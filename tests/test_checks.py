@@ -4,6 +4,8 @@ rejected with the right diagnosis, and the result is structured (passed / wrong 
 Chapter 01's checkers (Gaussian KL, ELBO estimator) are tested the same way in tests/test_evidence.py.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,28 @@ def coupled_kl_right(mu, sigma, theta, sigma0, eps):
     return (torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5).sum()
 
 
+def fgsm_right(model, x, y, eps):
+    x = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+    return (x + eps * x.grad.sign()).clamp(0, 1).detach()
+
+
+def l2_projection_right(x_adv, x, eps):
+    delta = x_adv - x
+    norms = delta.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    return (x + delta * (eps / norms).clamp(max=1)).clamp(0, 1)
+
+
+def _input_grad(model, x, y, reduction="sum"):
+    x = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), y, reduction=reduction).backward()
+    return x.grad
+
+
+def eot_right(model, x, y, samples):
+    return sum(_input_grad(model, x, y) for _ in range(samples)) / samples
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError
 
@@ -84,6 +108,7 @@ CHECKERS = {
     "check_dirichlet_kl": kl_right, "check_architecture_kl": arch_kl_right,
     "check_genotype_from_posterior": nb201_right,
     "check_local_reparameterisation": local_reparam_right, "check_coupled_kl": coupled_kl_right,
+    "check_fgsm": fgsm_right, "check_l2_projection": l2_projection_right, "check_eot_gradient": eot_right,
 }
 
 
@@ -271,4 +296,66 @@ def _coupled(scale_fn, extra=0.0, reduce="sum"):
 ])
 def test_coupled_kl_rejects_plausible_wrong_answers(wrong, diagnosis):
     result = checks.check_coupled_kl(wrong, stop=False)
+    assert result.status == "wrong" and diagnosis in result.reason, result.reason
+
+
+# --- chapter 07: FGSM, the L2 projection and the EOT gradient, each plausible slip rejected with its diagnosis ---
+
+def _fgsm_wrong(step):
+    def fgsm(model, x, y, eps):
+        return step(x, _input_grad(model, x, y), eps)
+    return fgsm
+
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (_fgsm_wrong(lambda x, g, eps: x + eps * g.sign()), "leaves [0, 1]"),
+    (_fgsm_wrong(lambda x, g, eps: (x - eps * g.sign()).clamp(0, 1)), "steps down the loss"),
+    (_fgsm_wrong(lambda x, g, eps: (x + eps * g).clamp(0, 1)), "takes its sign"),
+    (_fgsm_wrong(lambda x, g, eps: (x + eps * g.sign().clamp(min=0)).clamp(0, 1)), "only moves pixels up"),
+    (_fgsm_wrong(lambda x, g, eps: (x + 2 * eps * g.sign()).clamp(0, 1)), "differs from clip"),
+    (lambda model, x, y, eps: x[:, :1], "expected"),
+])
+def test_fgsm_checker_rejects_plausible_wrong_answers(wrong, diagnosis):
+    result = checks.check_fgsm(wrong, stop=False)
+    assert result.status == "wrong" and diagnosis in result.reason, result.reason
+
+
+def _l2_wrong(rule):
+    def project(x_adv, x, eps):
+        delta = x_adv - x
+        norms = delta.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+        return rule(x, delta, norms, eps)
+    return project
+
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (_l2_wrong(lambda x, d, n, eps: x + d * (eps / n).clamp(max=1)), "leaves [0, 1]"),
+    (_l2_wrong(lambda x, d, n, eps: (x + d.clamp(-eps, eps)).clamp(0, 1)), "L∞ projection"),
+    (_l2_wrong(lambda x, d, n, eps: (x + d * eps / n).clamp(0, 1)), "also the shorter ones"),
+    (_l2_wrong(lambda x, d, n, eps: (x + d * min(1.0, eps / d.norm().item())).clamp(0, 1)), "whole batch"),
+    (_l2_wrong(lambda x, d, n, eps: (x + d * (eps / n**2).clamp(max=1)).clamp(0, 1)), "differs from the projection"),
+])
+def test_l2_projection_checker_rejects_plausible_wrong_answers(wrong, diagnosis):
+    result = checks.check_l2_projection(wrong, stop=False)
+    assert result.status == "wrong" and diagnosis in result.reason, result.reason
+
+
+def _eot_averaged_prediction(model, x, y, samples):
+    x = x.clone().requires_grad_(True)
+    log_p = torch.stack([torch.log_softmax(model(x), -1) for _ in range(samples)])
+    log_mean = torch.logsumexp(log_p, 0) - math.log(samples)
+    torch.nn.functional.nll_loss(log_mean, y, reduction="sum").backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("wrong, diagnosis", [
+    (lambda model, x, y, samples: sum(_input_grad(model, x, y) for _ in range(samples)), "sums the draws"),
+    (lambda model, x, y, samples: _input_grad(model, x, y), "one draw's gradient"),
+    (lambda model, x, y, samples: eot_right(model, x, y, samples) / len(y), "averages the loss over the batch"),
+    (lambda model, x, y, samples: eot_right(model, x, y, samples).sign(), "sign of the gradient"),
+    (_eot_averaged_prediction, "loss of the averaged prediction"),
+    (lambda model, x, y, samples: eot_right(model, x, y, samples) * 1.1, "differs from"),
+])
+def test_eot_gradient_checker_rejects_plausible_wrong_answers(wrong, diagnosis):
+    result = checks.check_eot_gradient(wrong, stop=False)
     assert result.status == "wrong" and diagnosis in result.reason, result.reason

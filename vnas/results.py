@@ -157,11 +157,13 @@ def load_sweep(name: str, root: Path | None = None) -> Loaded | None:
     """The results folder ``name`` that ``python -m vnas sweep configs/sweeps/<name>.toml`` makes, checked against
     that file (stale when its config differs), or None when absent (``missing(name)`` says how to make it).
     Introduced in chapters/04_bayesian_structure_posterior.py."""
-    from vnas import sweep  # here, not at the top: the sweep module writes results
+    from vnas import robustness, sweep  # here, not at the top: these modules write results
 
     if not (Path(root or config.RESULTS_DIR) / name).exists():
         return None
-    return load(name, expected_config=sweep.load_sweep_config(config.CONFIG_DIR / "sweeps" / f"{name}.toml"), root=root)
+    path = config.CONFIG_DIR / "sweeps" / f"{name}.toml"
+    expected = robustness.load_config(path) if robustness.is_robustness_config(path) else sweep.load_sweep_config(path)
+    return load(name, expected_config=expected, root=root)
 
 
 def missing(name: str) -> str:

@@ -135,11 +135,20 @@ def load_config(path: Path, seeds: int | None = None, models: list[str] | None =
     return cfg
 
 
+_SOURCES: dict = {}
+
+
 def _source(name: str) -> dict:
-    loaded = results.load_sweep(name)
-    if loaded is None:
-        raise config.ConfigError(results.missing(name) + " The robustness comparison retrains its cells.")
-    return loaded.results
+    """The results of sweep ``name``, read once per process (checking a sweep against its config file takes
+    seconds) and again only when its results file changes."""
+    path = Path(config.RESULTS_DIR) / name / "results.json"
+    key = (name, path.stat().st_mtime_ns if path.is_file() else None)
+    if key not in _SOURCES:
+        loaded = results.load_sweep(name)
+        if loaded is None:
+            raise config.ConfigError(results.missing(name) + " The robustness comparison retrains its cells.")
+        _SOURCES[key] = loaded.results
+    return _SOURCES[key]
 
 
 def cells(cfg: dict, name: str, seed: int) -> list[str]:
@@ -195,7 +204,7 @@ def evaluate_robustness(model: nn.Module, x: np.ndarray, y: np.ndarray, attack: 
     samples = attack["predict_samples"] if stochastic else 1
     eps = [0.0] + [e / 255 for e in attack["eps"]]
     common = dict(steps=attack["steps"], generator=torch.Generator(device=device).manual_seed(seed))
-    out = {"eps": eps}
+    out = {"eps": eps, "eps_255": [0, *attack["eps"]]}  # the budgets as configured, for keys that do not round
     if stochastic:  # EOT-PGD, with plain PGD and FGSM as its references (the checks compute them)
         linf = _robust(model, batches, "eot_pgd", eps, samples, dict(common, samples=attack["eot_samples"]))
         out.update(eot_pgd=linf["acc"], pgd=linf["pgd"], fgsm=linf["fgsm"])
@@ -292,8 +301,10 @@ def load_model(path: Path, device=None) -> nn.Module:
                 bayes.make_bayesian(net, tcfg.weight_sigma_init)
             net.load_state_dict(member["state"])
             members.append(net)
-    except Exception as err:  # a truncated or foreign file: say which and what to do
-        raise runs.RunError(f"{path} is not a model saved by a robustness sweep ({type(err).__name__}: {err}). "
+    except Exception as err:  # a truncated or foreign file: say which and what to do (torch's advice to load it
+        # with weights_only=False would run arbitrary code from the file, so only its first line is kept)
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise runs.RunError(f"{path} is not a model saved by a robustness sweep ({type(err).__name__}: {first}). "
                             "Delete it and rerun the sweep that makes it.") from None
     model = members[0] if len(members) == 1 else Ensemble(members)
     return model.to(device or config.device()).eval()
@@ -367,12 +378,12 @@ def summarise(cfg: dict, records: list[dict]) -> list[dict]:
         if not rs:
             continue
         row = {"model": name, "seeds": [r["seed"] for r in rs], "stochastic": rs[0]["stochastic"],
-               "eps": rs[0]["attacked"]["eps"], "values": {}}
+               "eps_255": rs[0]["attacked"]["eps_255"], "values": {}}
         measures = {f"clean_{k}": [r["clean"][k] for r in rs] for k in ("acc", "nll", "ece", "brier")}
-        for attack in ("fgsm", "pgd", "eot_pgd"):
+        for attack in ("fgsm", "pgd", "eot_pgd"):  # keys "pgd@2": PGD at ε = 2/255
             if attack in rs[0]["attacked"]:
-                for i, eps in enumerate(rs[0]["attacked"]["eps"]):
-                    measures[f"{attack}@{eps * 255:g}"] = [r["attacked"][attack][i] for r in rs]
+                for i, eps in enumerate(rs[0]["attacked"]["eps_255"]):
+                    measures[f"{attack}@{eps:g}"] = [r["attacked"][attack][i] for r in rs]
         for attack in ("pgd_l2", "eot_pgd_l2"):
             if attack in rs[0]["attacked"]:
                 measures[attack] = [r["attacked"][attack] for r in rs]

@@ -8,6 +8,7 @@ Introduced in chapters/00_welcome.py.
 """
 
 from vnas.checks._common import STATUSES, CheckResult, ExerciseError, NotAttempted, checker  # noqa: F401
+from vnas.checks.attacks import *  # noqa: F403
 from vnas.checks.bayes import *  # noqa: F403
 from vnas.checks.darts import *  # noqa: F403
 from vnas.checks.data import *  # noqa: F403
