@@ -289,8 +289,8 @@ else:
 # **Published anchors, beside ours.** Jung et al. (ICLR 2023) attacked all 6,466 distinct NB201 cells after NB201's
 # own 200-epoch training: architecture 13433, for example, has 0.893 clean accuracy on CIFAR-10 and 0.336 under
 # PGD at $1/255$. Devaguptapu et al. (2021) found NAS cells more robust than hand-made networks on small data and
-# weak attacks, and less so as the task grows, and that ensembling random DARTS-space cells adds about 12 points
-# of PGD accuracy. Adversarially trained cells are another regime: RobNet-large reaches about 83.5% clean and
+# weak attacks, and less so as the task grows, and that ensembling random DARTS-space cells gives about 12% more
+# PGD accuracy. Adversarially trained cells are another regime: RobNet-large reaches about 83.5% clean and
 # 52.1% under PGD-20 at $8/255$ (47.5% under AutoAttack). None of our networks is adversarially trained.
 
 # %%
@@ -312,9 +312,18 @@ if rows:
 # %% [markdown]
 # **Paired differences.** For each seed, the difference between two networks trained and attacked on the same
 # data; then the mean and its 95% Student-t interval over seeds. An interval that covers 0 is no finding.
+# "robust@k" is the accuracy under the strongest attack run on that network at $k/255$: PGD, or EOT-PGD for the
+# Bayesian one. A network that is right less often has fewer images to lose, so "kept@k" also divides by the
+# accuracy on the same images at $\varepsilon = 0$: the share of its correct answers that survive the attack.
 
 # %%
 def per_seed(name, key):
+    """Per-seed values of a measure: a summary key ('clean_acc', 'pgd@2', ...), 'robust@k' (EOT-PGD for a
+    stochastic network, PGD otherwise) or 'kept@k' (robust@k / robust@0)."""
+    if key.startswith("kept@"):
+        return per_seed(name, "robust@" + key[5:]) / per_seed(name, "robust@0")
+    if key.startswith("robust@"):
+        key = ("eot_pgd@" if rows[name]["stochastic"] else "pgd@") + key[7:]
     return np.asarray(rows[name]["values"][key]["per_seed"], dtype=float)
 
 
@@ -335,16 +344,15 @@ def verdict(mean, half, higher="higher", lower="lower"):
 
 comparisons = []
 if rows:
-    eps_keys = [f"pgd@{e:g}" for e in cfg_run["attack"]["eps"]]
+    small = cfg_run["attack"]["eps"][:2]
+    keys = ["clean_acc", *[f"robust@{e:g}" for e in small], f"kept@{small[-1]:g}", "clean_nll"]
     pairs = [(m, "resnet") for m in rows if m != "resnet"] + [(m, "darts") for m in ("drnas", "variational") if m in rows]
     pairs += [(a, b) for a, b in (("bma_cells", "variational"), ("joint_bayes", "joint_point")) if a in rows and b in rows]
-    print(f"{'a − b':28s} {'clean acc':>16s} " + " ".join(f"{k:>16s}" for k in eps_keys[:2]) + f" {'clean NLL':>16s}")
+    print(f"{'a − b':26s} " + " ".join(f"{k:>16s}" for k in keys))
     for a, b in pairs:
-        if a not in rows or b not in rows:
-            continue
-        cells = {k: paired(a, b, k) for k in ["clean_acc", *eps_keys[:2], "clean_nll"]}
+        cells = {k: paired(a, b, k) for k in keys}
         comparisons.append((a, b, cells))
-        print(f"{a + ' − ' + b:28s} " + " ".join(f"{m:+8.3f} ± {h:5.3f}" for m, h in cells.values()))
+        print(f"{a + ' − ' + b:26s} " + " ".join(f"{m:+8.3f} ± {h:5.3f}" for m, h in cells.values()))
 
 # %% [markdown]
 # **Bayesian model averaging, and whether the randomness fooled plain PGD.** Two averages: `bma_cells` ensembles
@@ -397,8 +405,10 @@ summary = []
 if rows:
     clean = {m: rows[m]["values"]["clean_acc"]["mean"] for m in rows}
     best, worst = max(clean, key=clean.get), min(clean, key=clean.get)
-    summary.append(f"- Budget: {cfg_run['train'].get('epochs')} epochs on {cfg_run['train'].get('images_per_class', 5000) * 10:,d} "
-                   f"images, C = 8, N = 1 ({loaded.manifest['mode']} mode): clean accuracy from {clean[worst]:.3f} "
+    budget = train.load_train_config(ROB_CFG["models"]["resnet"]["genotype"], run_mode=cfg_run["mode"], **cfg_run["train"])
+    n_train = budget.images_per_class * 10 if budget.images_per_class else len(cifar.y_train)
+    summary.append(f"- Budget: {budget.epochs} epochs on {n_train:,d} images, C = {budget.channels}, N = {budget.layers} "
+                   f"({loaded.manifest['mode']} mode): clean accuracy from {clean[worst]:.3f} "
                    f"({worst}) to {clean[best]:.3f} ({best}), "
                    + ("far below the ~0.80 at which robustness is usually compared and the 0.89 of Jung et al.'s "
                       "networks: these are robustness numbers of under-trained networks."
@@ -407,11 +417,21 @@ if rows:
     at_top = {m: rows[m]["values"][f"{'eot_pgd' if rows[m]['stochastic'] else 'pgd'}@{top:g}"]["mean"] for m in rows}
     summary.append(f"- At {top:g}/255 every network falls to at most {max(at_top.values()):.3f} (chance is 0.1): none "
                    "of them is robust at the standard budget, as expected without adversarial training.")
+    e1, e2 = (f"{e:g}" for e in cfg_run["attack"]["eps"][:2])
     for a, b, cells in comparisons:
-        k1 = f"pgd@{cfg_run['attack']['eps'][0]:g}"
-        (mc, hc), (mr, hr) = cells["clean_acc"], cells[k1]
-        summary.append(f"- {a} − {b}: clean {mc:+.3f} ± {hc:.3f} ({verdict(mc, hc)}), PGD at "
-                       f"{cfg_run['attack']['eps'][0]:g}/255 {mr:+.3f} ± {hr:.3f} ({verdict(mr, hr)}).")
+        (mc, hc), (mr, hr), (mk, hk) = cells["clean_acc"], cells[f"robust@{e1}"], cells[f"kept@{e2}"]
+        summary.append(f"- {a} − {b}: clean {mc:+.3f} ± {hc:.3f} ({verdict(mc, hc)}); robust at {e1}/255 "
+                       f"{mr:+.3f} ± {hr:.3f} ({verdict(mr, hr)}); share of correct answers kept at {e2}/255 "
+                       f"{mk:+.3f} ± {hk:.3f} ({verdict(mk, hk)}).")
+    kept = {m: float(np.mean(per_seed(m, f"kept@{e2}"))) for m in rows}
+    acc = {m: float(np.mean(per_seed(m, "clean_acc"))) for m in rows}
+    names = sorted(rows)
+    if len(names) > 2:
+        r = float(np.corrcoef([acc[m] for m in names], [kept[m] for m in names])[0, 1])
+        summary.append(f"- Across the {len(names)} networks, clean accuracy and the share kept at {e2}/255 correlate "
+                       f"with r = {r:+.2f}" + (": the less accurate networks lose less, so a robustness gap between "
+                                               "networks of different accuracy is not a property of the cell alone."
+                                               if r < -0.5 else "."))
     if eot_gap:
         e1 = min(eot_gap)
         m, h = eot_gap[e1]
