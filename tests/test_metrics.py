@@ -215,3 +215,10 @@ def test_calibration_plots_draw():
                           ylabel="accuracy")
     assert len(ax.get_lines()) == 3
     plt.close("all")
+
+
+def test_robust_accuracy_plot_marks_every_budget():
+    ax = plots.plot_robust_accuracy({"a": ([0, 1 / 255, 8 / 255], [0.5, 0.3, 0.0], [0.02, 0.03, 0.0]),
+                                     "b": ([0, 2 / 255], [0.4, 0.2], None)}, reference={"paper": (1 / 255, 0.3)})
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "8"]
+    assert len(ax.get_lines()) == 3 and len(ax.collections) == 1  # two curves + the reference; one band

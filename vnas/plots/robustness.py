@@ -27,6 +27,9 @@ def plot_robust_accuracy(curves: dict, ax=None, title: str | None = None, refere
     for label, (eps, acc) in (reference or {}).items():
         ax.plot([255 * eps], [acc], marker="*", color="black", markersize=11, linestyle="none", label=label)
     ax.set_xscale("symlog", linthresh=1.0)
+    ticks = sorted({round(255 * float(e), 6) for eps, _, _ in curves.values() for e in eps})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("ε (× 1/255, L∞)")
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(-0.02, 1.0)
