@@ -148,9 +148,20 @@ def test_results_folder_that_is_incomplete_or_corrupt(tmp_path):
 
 
 def test_the_shipped_sweep_configs_are_valid():
+    from vnas import robustness
+
+    kinds = {}
     for path in sorted((config.CONFIG_DIR / "sweeps").glob("*.toml")):
-        cfg = sweep.load_sweep_config(path)
-        assert cfg["methods"], path
+        if robustness.is_robustness_config(path):  # an [attack] table: chapter 07's comparison
+            cfg = robustness.load_config(path)
+            assert cfg["models"], path
+            kinds[path.stem] = "robustness"
+        else:
+            cfg = sweep.load_sweep_config(path)
+            assert cfg["methods"], path
+            kinds[path.stem] = "sweep"
+    assert kinds["robustness_nb201"] == kinds["robustness_nb201_full"] == "robustness"
+    assert kinds["nb201_comparison"] == "sweep"
 
 
 def test_explicit_points_and_the_retrain_table(tmp_path):
