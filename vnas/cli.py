@@ -130,18 +130,17 @@ def _assignments(args) -> int:
 def _sweep(args) -> int:
     from vnas import config, robustness, sweep
 
-    out = Path(args.out) if args.out else config.RESULTS_DIR / Path(args.config).stem
-    if robustness.is_robustness_config(Path(args.config)):  # an [attack] table: retrain found cells, attack them
-        cfg = robustness.load_config(Path(args.config), seeds=args.seeds, models=args.methods)
-        print(config.banner())
-        found = robustness.run(cfg, out, jobs=args.jobs)
-        print(robustness.format_summary(found))
-        print(f"results and manifest: {out}")
-        return 0
-    cfg = sweep.load_sweep_config(Path(args.config), seeds=args.seeds, methods=args.methods)
+    path = Path(args.config)
+    out = Path(args.out) if args.out else config.RESULTS_DIR / path.stem
+    if robustness.is_robustness_config(path):  # an [attack] table: retrain found cells and attack them
+        cfg = robustness.load_config(path, seeds=args.seeds, models=args.methods)
+        run, summary = robustness.run, robustness.format_summary
+    else:
+        cfg = sweep.load_sweep_config(path, seeds=args.seeds, methods=args.methods)
+        run, summary = sweep.run_sweep, sweep.format_summary
     print(config.banner())
-    found = sweep.run_sweep(cfg, out, jobs=args.jobs)
-    print(sweep.format_summary(found))
+    found = run(cfg, out, jobs=args.jobs)
+    print(summary(found))
     print(f"results and manifest: {out}")
     return 0
 
