@@ -1,5 +1,6 @@
 """python -m vnas sweep, the results folders it writes, and how a chapter reads them back (stale or not)."""
 
+import datetime
 import json
 import math
 import subprocess
@@ -55,6 +56,9 @@ def test_a_sweep_runs_pairs_seeds_resumes_and_writes_a_manifest(tmp_path, monkey
     manifest = json.loads((out / "manifest.json").read_text())
     for key in ("command", "config", "git_commit", "mode", "hardware", "started", "finished", "wall_seconds"):
         assert key in manifest
+    started, finished = (datetime.datetime.fromisoformat(manifest[k]) for k in ("started", "finished"))
+    # "started" is the run's start, not the moment the manifest was written
+    assert abs((finished - started).total_seconds() - manifest["wall_seconds"]) <= 1.5
     assert manifest["config"] == cfg and manifest["mode"] == "smoke"
     # a second call finds every run recorded by the same code and runs nothing (this checkout may have
     # uncommitted changes, which would make every record "made by other code": pretend it is clean)

@@ -75,7 +75,10 @@ def write(folder: Path, results: dict, cfg: dict, run_mode: str, wall_seconds: f
     manifest = runs.manifest("results", cfg, run_mode)
     if command is not None:
         manifest["command"] = command
-    manifest["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.UTC)
+    manifest["finished"] = now.isoformat(timespec="seconds")
+    # this call's start, not the moment of writing (which runs.manifest would give)
+    manifest["started"] = (now - datetime.timedelta(seconds=float(wall_seconds))).isoformat(timespec="seconds")
     manifest["git_commit"] = code_commit()
     manifest["wall_seconds"] = round(float(wall_seconds), 1)
     if compute_seconds is not None:
