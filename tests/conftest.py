@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 
@@ -7,6 +9,17 @@ def smoke_mode(monkeypatch):
     monkeypatch.setenv("VNAS_MODE", "smoke")
     for var in ("VNAS_DATA", "VNAS_DEVICE", "VNAS_DOWNLOAD"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def torchattacks():
+    """The kept attack library of the cross-checks: `make env` installs it (--no-deps); on CI (CI=true) a missing
+    one is a failure, elsewhere a skip that says how to install it."""
+    if os.environ.get("CI") == "true":
+        import torchattacks
+
+        return torchattacks
+    return pytest.importorskip("torchattacks", reason="pip install --no-deps torchattacks==3.5.1 (make env does)")
 
 
 _CHAPTER_TIMES: dict[str, float] = {}

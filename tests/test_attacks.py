@@ -2,7 +2,6 @@
 cross-check against torchattacks (installed with --no-deps by `make env`)."""
 
 import math
-import os
 import warnings
 
 import pytest
@@ -255,36 +254,27 @@ def test_robust_accuracy_refuses_unknown_attacks_and_no_batches(trained):
 
 # --- the cross-check with a kept library ---------------------------------------------------------------------
 
-def _torchattacks():
-    if os.environ.get("CI") == "true":  # `make env` installs it; on CI a missing one is a failure, not a skip
-        import torchattacks
-
-        return torchattacks
-    return pytest.importorskip("torchattacks", reason="pip install --no-deps torchattacks==3.5.1 (make env does)")
-
-
-def test_pgd_matches_torchattacks_within_noise(trained):
-    ta = _torchattacks()
+def test_pgd_matches_torchattacks_within_noise(trained, torchattacks):
     x, y = _data(400, seed=15)
     eps, steps = 0.015, 10
     alpha = 2.5 * eps / steps
     torch.manual_seed(0)
-    theirs = _acc(trained, ta.PGD(trained, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y), y)
+    theirs = _acc(trained, torchattacks.PGD(trained, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y), y)
     ours = _acc(trained, attacks.pgd(trained, x, y, eps, alpha, steps), y)
     clean = _acc(trained, x, y)
     assert clean - ours > 0.25  # the budget matters here, so agreeing is not trivial
     assert abs(ours - theirs) <= 2 * math.sqrt(0.25 / 400) + 0.01
 
 
-def test_eot_pgd_matches_torchattacks_within_noise(bayesian):
-    ta = _torchattacks()
+def test_eot_pgd_matches_torchattacks_within_noise(bayesian, torchattacks):
     x, y = _data(400, seed=16)
     eps, steps, samples = 0.015, 5, 4
     alpha = 2.5 * eps / steps
     torch.manual_seed(0)
     # torchattacks puts the model in eval mode; the sampling flag keeps the Bayesian layers sampling there
     with bayes.sampling(bayesian, True):
-        x_theirs = ta.EOTPGD(bayesian, eps=eps, alpha=alpha, steps=steps, eot_iter=samples, random_start=True)(x, y)
+        eot = torchattacks.EOTPGD(bayesian, eps=eps, alpha=alpha, steps=steps, eot_iter=samples, random_start=True)
+        x_theirs = eot(x, y)
     theirs = _acc(bayesian, x_theirs, y, samples=16)
     ours = _acc(bayesian, attacks.eot_pgd(bayesian, x, y, eps, alpha, steps, samples=samples), y, samples=16)
     clean = _acc(bayesian, x, y, samples=16)
