@@ -34,6 +34,7 @@ import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 import vnas
 from vnas import data, plots, widgets
@@ -82,13 +83,35 @@ print(f"images per class in train: min {counts.min()}, max {counts.max()}")
 # ## Pixel statistics
 #
 # Networks see normalised pixels $\hat x_c = (x_c/255 - \mu_c)/\sigma_c$ with the per-channel mean
-# $\mu_c$ and standard deviation $\sigma_c$ of the official training set. We recompute them on the data we
-# loaded and compare. (If your copy is the JPEG-rebuilt one described in `data/README.md`, expect the
-# means to agree to about 0.001 and the standard deviations to be ~0.002 smaller: JPEG smooths a little.)
+# $\mu_c$ and standard deviation $\sigma_c$ of the official training set. For $N$ images of $H \times W$
+# pixels $x_{nijc} \in \{0, \dots, 255\}$, channel $c$ pools all $NHW$ of its pixels, whatever image they
+# come from:
+#
+# $$\mu_c = \frac{1}{NHW} \sum_{n, i, j} \frac{x_{nijc}}{255}, \qquad
+#   \sigma_c^2 = \frac{1}{NHW} \sum_{n, i, j} \Big(\frac{x_{nijc}}{255} - \mu_c\Big)^2. \tag{0.1}$$
+#
+# **Exercise.** Write `channel_stats(x)` for uint8 images `x` of shape (N, H, W, 3), NHWC as `cifar.x_train`
+# stores them, returning `(mean, std)` with one value per channel each. The check says what is wrong, if
+# anything.
 
 # %%
-pixels = cifar.x_train.reshape(-1, 3).astype(np.float64) / 255
-ours_mean, ours_std = pixels.mean(0), pixels.std(0)
+def channel_stats(x):
+    ### BEGIN SOLUTION
+    pixels = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255  # one row per pixel, one column per channel
+    return pixels.mean(0), pixels.std(0)
+    ### END SOLUTION
+
+
+# %%
+vnas.checks.check_channel_stats(channel_stats)
+
+# %% [markdown]
+# Now on the data we loaded, against the published statistics. (If your copy is the JPEG-rebuilt one
+# described in `data/README.md`, expect the means to agree to about 0.001 and the standard deviations to be
+# ~0.002 smaller: JPEG smooths a little.)
+
+# %%
+ours_mean, ours_std = channel_stats(cifar.x_train)
 print(f"{'channel':>8} {'mean (ours)':>12} {'published':>10} {'std (ours)':>11} {'published':>10}")
 for c, name in enumerate("RGB"):
     print(f"{name:>8} {ours_mean[c]:12.4f} {data.MEAN[c]:10.4f} {ours_std[c]:11.4f} {data.STD[c]:10.4f}")
@@ -107,6 +130,33 @@ print(f"(computed on {len(cifar.x_train)} training images from {cifar.source})")
 # %%
 widgets.explore(plots.plot_augmentations, fixed={"x": cifar.x_train},
                 image=(0, len(cifar.x_train) - 1), pad=(0, 8), flip=[True, False], cutout=(0, 24), seed=(0, 20))
+
+# %% [markdown]
+# **Exercise: the random crop, once the offsets are drawn.** Pad an $H \times W$ image $x$ with $p$ zeros on
+# every side, giving $\tilde x$ of $(H + 2p) \times (W + 2p)$ pixels, and cut out the $H \times W$ window whose
+# top-left corner is $(\delta_y, \delta_x)$, with offsets $\delta_y, \delta_x \in \{0, \dots, 2p\}$ drawn for
+# each image:
+#
+# $$x'_{ij} = \tilde x_{i + \delta_y,\, j + \delta_x}
+#   = \begin{cases} x_{i + \delta_y - p,\ j + \delta_x - p} & \text{inside the image,} \\
+#     0 & \text{otherwise.} \end{cases} \tag{0.2}$$
+#
+# $\delta_y = \delta_x = p$ leaves the image where it was; any other offset shifts it and uncovers a border
+# of zeros. Write `pad_and_crop(x, pad, dy, dx)` for a uint8 torch tensor `x` of shape (n, H, W, C) (NHWC)
+# and integer tensors `dy`, `dx` of shape (n,). The check compares it with `vnas.data.crop_flip` (without
+# the flip), which draws the offsets and crops the whole batch in one gather.
+
+# %%
+def pad_and_crop(x, pad, dy, dx):
+    ### BEGIN SOLUTION
+    n, h, w, _ = x.shape
+    padded = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))  # NHWC: pad W and H, never C
+    return torch.stack([padded[k, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+    ### END SOLUTION
+
+
+# %%
+vnas.checks.check_pad_and_crop(pad_and_crop)
 
 # %% [markdown]
 # A batch as the search loop receives it: float32 pixels in $[0, 1]$, NCHW. Every network of the course
@@ -142,6 +192,7 @@ def split_in_two(y, seed=0):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_stratified_split(split_in_two)
 
 # %% [markdown]

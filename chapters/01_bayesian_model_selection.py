@@ -25,7 +25,7 @@
 #    and the bound that the later chapters optimise;
 # 3. both verified to numerical precision, a mean-field $q$ fitted by reparameterised gradients,
 #    and the evidence choosing a polynomial degree;
-# 4. two exercises: a Gaussian KL, and a reparameterised ELBO estimator.
+# 4. three exercises: a Gaussian KL, a reparameterised ELBO estimator, and the log evidence itself.
 
 # %%
 import math
@@ -449,6 +449,7 @@ def gaussian_kl(mu_q, s_q, mu_p, s_p):
     ### END SOLUTION
 
 
+# %%
 checks.check_gaussian_kl(gaussian_kl)
 
 # %% [markdown]
@@ -475,7 +476,36 @@ def elbo_estimate(model, mu, s, n_samples):
     ### END SOLUTION
 
 
+# %%
 checks.check_elbo_estimator(elbo_estimate)
+
+# %% [markdown]
+# **(iii) The log evidence in closed form.** The number every ELBO of (ii) stays below. Implement the
+# right-hand side of (1.8) for an `ev.LinearModel` (`model.phi` is $\Phi$, $N \times M$; `model.y`,
+# `model.alpha`, `model.sigma`):
+#
+# $$\log p(\mathcal D) = \tfrac{M}{2} \log \alpha - \tfrac{N}{2} \log (2\pi\sigma^2) - E(m_N)
+#   - \tfrac12 \log |\Lambda|, \qquad E(m) = \tfrac{1}{2\sigma^2}\|y - \Phi m\|^2 + \tfrac{\alpha}{2} m^\top m,$$
+#
+# with $\Lambda$ and $m_N$ from (1.7). Work with the $M \times M$ precision $\Lambda$ (the point of this
+# form), not the $N \times N$ covariance of $y$. The check compares your value with the $N$-dimensional Gaussian density
+# $\log \mathcal N(y \mid 0, \sigma^2 I + \alpha^{-1}\Phi\Phi^\top)$ on four models, one of them with more
+# features than data points, and names the term that is off.
+
+# %%
+def log_evidence(model):
+    """log p(D) of Bayesian linear regression, Eq. (1.8)."""
+    ### BEGIN SOLUTION
+    precision = model.alpha * torch.eye(model.m, dtype=model.phi.dtype) + model.phi.T @ model.phi / model.sigma**2
+    m_n = torch.linalg.solve(precision, model.phi.T @ model.y) / model.sigma**2  # (1.7)
+    energy = (model.y - model.phi @ m_n).square().sum() / (2 * model.sigma**2) + model.alpha / 2 * m_n @ m_n
+    return (model.m / 2 * math.log(model.alpha) - model.n / 2 * math.log(2 * math.pi * model.sigma**2)
+            - energy - torch.logdet(precision) / 2)
+    ### END SOLUTION
+
+
+# %%
+checks.check_log_evidence(log_evidence)
 
 # %% [markdown]
 # ## Summary

@@ -102,6 +102,7 @@ def mixed_op(x, ops, theta):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_mixed_op(mixed_op)
 
 # %% [markdown]
@@ -163,6 +164,7 @@ def finite_difference_hvp(grad_alpha, w, v):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_finite_difference_hvp(finite_difference_hvp)
 
 # %% [markdown]
@@ -237,6 +239,7 @@ def darts_genotype(weights, ops=spaces.darts.PRIMITIVES, edges=spaces.darts.EDGE
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_darts_genotype(darts_genotype)
 
 # %% [markdown]

@@ -217,6 +217,7 @@ def my_gumbel_softmax(logits, tau, generator=None):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_gumbel_softmax(my_gumbel_softmax)
 
 # %% [markdown]
@@ -284,6 +285,25 @@ print("gradient w.r.t. alpha (from the soft sample):\n", q.alphas["cell"].grad)
 # The gradient is that of a *different* function (the soft sample) from the one evaluated (the hard one):
 # the estimator is biased. Section 8 measures by how much.
 #
+# **Exercise 2:** write (3.5) for given Gumbel noise `g` (drawn as in Exercise 1), along the last dimension of
+# `logits`. The forward value must be exactly one-hot, with the unselected operations at exactly $0.0$, and
+# the gradient with respect to the logits must be that of $y^{\text{soft}}$; the check compares both with
+# `gumbel_softmax_sample(..., hard=True)` drawn with the same noise.
+
+# %%
+def my_straight_through(logits, g, tau):
+    """The straight-through hard Gumbel sample, Eq. (3.5), for Gumbel noise ``g`` of the logits' shape."""
+    ### BEGIN SOLUTION
+    y_soft = torch.softmax((logits + g) / tau, dim=-1)
+    y_hard = F.one_hot(y_soft.argmax(-1), logits.shape[-1]).to(y_soft.dtype)
+    return y_hard + (y_soft - y_soft.detach())  # forward: y_hard exactly; backward: y_soft's gradient
+    ### END SOLUTION
+
+
+# %%
+vnas.checks.check_straight_through(my_straight_through)
+
+# %% [markdown]
 # ## 5. The Dirichlet distribution on the simplex (DrNAS)
 #
 # DrNAS (Chen et al., ICLR 2021) puts a Dirichlet on each edge's weights, with concentration
@@ -379,7 +399,7 @@ print("gradient reaches alpha:", q.alphas["cell"].grad.abs().sum(-1))
 #   = \log\Gamma(\beta_0) - \sum_k \log\Gamma(\beta_k) - \log\Gamma(\gamma_0) + \sum_k \log\Gamma(\gamma_k)
 #   + \sum_k (\beta_k - \gamma_k)\big(\psi(\beta_k) - \psi(\beta_0)\big). \tag{3.9}$$
 #
-# **Exercise 2:** write it, one KL per edge (`beta` is $E \times O$, the last dimension holds the ops).
+# **Exercise 3:** write it, one KL per edge (`beta` is $E \times O$, the last dimension holds the ops).
 
 # %%
 def my_dirichlet_kl(beta, c0):
@@ -393,6 +413,7 @@ def my_dirichlet_kl(beta, c0):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_dirichlet_kl(my_dirichlet_kl)
 
 # %% [markdown]

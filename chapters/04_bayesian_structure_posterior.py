@@ -92,6 +92,7 @@ def architecture_kl(betas, c0, num_data):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_architecture_kl(architecture_kl)
 
 # %% [markdown]
@@ -172,6 +173,7 @@ def bridge_objective(log_lik_samples, kl_per_edge, num_data):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_bridge_elbo(bridge_objective)
 
 # %% [markdown]
@@ -308,7 +310,10 @@ def genotype_from_posterior(beta):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_genotype_from_posterior(genotype_from_posterior)
+
+# %%
 print(genotype_from_posterior(var_search.posterior.concentration("cell").detach()))
 
 # %% [markdown]

@@ -68,6 +68,25 @@ print(f"KL of 2,000 weights: closed form (5.2) {closed.item():.3f}, torch.distri
       f"{abs(mc - closed.item()) / mc_se:.1f} standard errors from the estimate")
 
 # %% [markdown]
+# **Exercise.** A Bayes-by-backprop layer stores $\rho$, not $\sigma$: the optimiser moves $\rho$ freely over the
+# real line, and (5.1) maps it to a positive $\sigma$. Write the KL term of one layer from its parameters: given
+# $\mu$ and $\rho$ (tensors of any one shape, e.g. a convolution's [out, in, k, k]) and the prior scale $s$ (a
+# float), return (5.2) with $\sigma_i = \mathrm{softplus}(\rho_i) = \log(1 + e^{\rho_i})$, as one number that
+# gradients reach $\mu$ and $\rho$ through. Mind the weights the posterior has pinned down: at $\rho = -40$,
+# $\sigma \approx e^{-40}$ is tiny but not zero.
+
+# %%
+def mean_field_kl(mu, rho, s):
+    ### BEGIN SOLUTION
+    sigma = F.softplus(rho)  # (5.1); log(1 + exp(rho)) would round to 0 for very negative rho
+    return (torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5).sum()  # (5.2)
+    ### END SOLUTION
+
+
+# %%
+vnas.checks.check_mean_field_kl(mean_field_kl)
+
+# %% [markdown]
 # **Weight decay is this prior.** The per-datum objective of a step is $\mathrm{nll} + \kappa\,\mathrm{KL}/N$ (chapter 04,
 # Eq. (4.2)), where $\kappa$ is the KL's weight: 1 is the ELBO, anything else a temperature. The gradient of
 # $\kappa\,\mu^2/(2 s^2 N)$ is $\kappa\mu/(s^2 N)$, which is what SGD's weight decay $\lambda$ adds, $\lambda\mu$, when
@@ -159,6 +178,7 @@ def local_reparameterisation(x, mu, sigma):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_local_reparameterisation(local_reparameterisation)
 
 # %% [markdown]
@@ -262,6 +282,7 @@ def coupled_kl(mu, sigma, theta, sigma0, eps):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_coupled_kl(coupled_kl)
 
 # %% [markdown]

@@ -92,6 +92,7 @@ def fgsm_step(model, x, y, eps):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_fgsm(fgsm_step)
 
 # %% [markdown]
@@ -107,6 +108,7 @@ def l2_projection(x_adv, x, eps):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_l2_projection(l2_projection)
 
 # %% [markdown]
@@ -124,6 +126,7 @@ def eot_gradient(model, x, y, samples):
     ### END SOLUTION
 
 
+# %%
 vnas.checks.check_eot_gradient(eot_gradient)
 
 # %% [markdown]

@@ -1,16 +1,21 @@
 """Every exercise checker, called directly: the reference answer passes, plausible wrong answers are
-rejected with the right diagnosis, and the result is structured (passed / wrong / not attempted).
+rejected with the right diagnosis, and the result is structured (passed / wrong / not attempted). Every
+chapter has at least three checked exercises, each check in its own cell.
 
-Chapter 01's checkers (Gaussian KL, ELBO estimator) are tested the same way in tests/test_evidence.py.
+Chapter 01's checkers (Gaussian KL, ELBO estimator, log evidence) are tested the same way in
+tests/test_evidence.py.
 """
 
+import ast
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vnas import checks, posteriors, spaces
+from vnas import book, checks, data, posteriors, spaces
 
 # --- reference answers (as in the chapters) ----------------------------------------------------------
 
@@ -23,6 +28,17 @@ def split_right(y, seed=0):
         first.append(idx[: len(idx) // 2])
         second.append(idx[len(idx) // 2:])
     return np.concatenate(first), np.concatenate(second)
+
+
+def channel_stats_right(x):
+    pixels = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255
+    return pixels.mean(0), pixels.std(0)
+
+
+def pad_and_crop_right(x, pad, dy, dx):
+    n, h, w, _ = x.shape
+    padded = F.pad(x, (0, 0, pad, pad, pad, pad))
+    return torch.stack([padded[k, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
 
 
 def mixed_right(x, ops, theta):
@@ -54,6 +70,12 @@ def gumbel_right(logits, tau, generator=None):
     return torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
 
 
+def straight_through_right(logits, g, tau):
+    y_soft = torch.softmax((logits + g) / tau, dim=-1)
+    y_hard = F.one_hot(y_soft.argmax(-1), logits.shape[-1]).to(y_soft.dtype)
+    return y_hard + (y_soft - y_soft.detach())
+
+
 def kl_right(beta, c0):
     return posteriors.dirichlet_kl(beta, c0)
 
@@ -65,6 +87,11 @@ def arch_kl_right(betas, c0, num_data):
 def nb201_right(beta):
     mean = beta / beta.sum(-1, keepdim=True)
     return spaces.nb201.Genotype.from_ops([spaces.nb201.PRIMITIVES[k] for k in mean.argmax(-1).tolist()])
+
+
+def mean_field_kl_right(mu, rho, s):
+    sigma = F.softplus(rho)
+    return (torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5).sum()
 
 
 def local_reparam_right(x, mu, sigma):
@@ -103,10 +130,13 @@ def stub(*args, **kwargs):
 
 
 CHECKERS = {
-    "check_stratified_split": split_right, "check_mixed_op": mixed_right, "check_darts_genotype": genotype_right,
+    "check_stratified_split": split_right, "check_channel_stats": channel_stats_right,
+    "check_pad_and_crop": pad_and_crop_right,
+    "check_mixed_op": mixed_right, "check_darts_genotype": genotype_right,
     "check_finite_difference_hvp": hvp_right, "check_gumbel_softmax": gumbel_right,
-    "check_dirichlet_kl": kl_right, "check_architecture_kl": arch_kl_right,
-    "check_genotype_from_posterior": nb201_right,
+    "check_straight_through": straight_through_right, "check_dirichlet_kl": kl_right,
+    "check_architecture_kl": arch_kl_right, "check_genotype_from_posterior": nb201_right,
+    "check_mean_field_kl": mean_field_kl_right,
     "check_local_reparameterisation": local_reparam_right, "check_coupled_kl": coupled_kl_right,
     "check_fgsm": fgsm_right, "check_l2_projection": l2_projection_right, "check_eot_gradient": eot_right,
 }
@@ -128,7 +158,59 @@ def test_reference_passes_and_a_stub_is_not_attempted(name):
 def test_every_chapter_checker_is_covered_here_or_in_test_evidence():
     names = {n for n in dir(checks) if n.startswith("check_")}
     # check_bridge_elbo is tested with its wrong answers in tests/test_bridge.py
-    assert names == set(CHECKERS) | {"check_gaussian_kl", "check_elbo_estimator", "check_bridge_elbo"}
+    assert names == set(CHECKERS) | {"check_gaussian_kl", "check_elbo_estimator", "check_log_evidence",
+                                     "check_bridge_elbo"}
+
+
+# --- every chapter: at least three exercises, each check alone in the cell after its answer ---------------
+
+def _exercises(path) -> dict[str, list[str]]:
+    """Top-level functions of a chapter whose body holds a solution block, each with the checkers that name it."""
+    text = path.read_text()
+    tree = ast.parse(text)
+    solved = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+              and book.SOLUTION_BEGIN in (ast.get_source_segment(text, n) or "")]
+    calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and c.args and isinstance(c.args[0], ast.Name)]
+    named = {}
+    for c in calls:
+        attr = c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+        if attr.startswith("check_"):
+            named.setdefault(c.args[0].id, []).append(attr)
+    return {fn: named.get(fn, []) for fn in solved}
+
+
+@pytest.mark.parametrize("path", book.chapters(), ids=lambda p: p.stem)
+def test_every_chapter_has_at_least_three_checked_exercises(path):
+    exercises = _exercises(path)
+    checked = {fn: found for fn, found in exercises.items() if found}
+    assert len(checked) >= 3, f"{path.name} has {len(checked)} checked exercises: {exercises}"
+    assert checked == exercises, f"{path.name}: exercises without a check: {exercises}"
+    for fn, found in checked.items():
+        assert all(hasattr(checks, name) for name in found), f"{path.name}: {fn} names an unknown checker {found}"
+
+
+def _cells(text: str) -> list[tuple[str, str]]:
+    """(header, body) of every jupytext percent cell."""
+    parts = re.split(r"^(# %%.*)$", text, flags=re.MULTILINE)
+    return [(parts[i].strip(), parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+
+
+@pytest.mark.parametrize("path", book.chapters(), ids=lambda p: p.stem)
+def test_every_check_sits_alone_in_the_cell_after_its_answer(path):
+    """nbgrader grades an answer cell with a separate test cell: the solution cell holds the function, the next
+    code cell only the one-line check that names it."""
+    cells = _cells(path.read_text())
+    answers = [i for i, (_, body) in enumerate(cells) if book.SOLUTION_BEGIN in body]
+    assert answers, f"{path.name} has no exercise"
+    for i in answers:
+        header, body = cells[i]
+        fn = re.search(r"^def (\w+)\(", body, flags=re.MULTILINE).group(1)
+        assert "check_" not in body, f"{path.name}: the answer cell of {fn} also runs a check"
+        assert i + 1 < len(cells), f"{path.name}: no cell after the answer {fn}"
+        next_header, next_body = cells[i + 1]
+        assert next_header == "# %%", f"{path.name}: the cell after {fn} is {next_header!r}, not a code cell"
+        assert re.fullmatch(rf"(vnas\.)?checks\.check_\w+\({fn}\)", next_body), \
+            f"{path.name}: the cell after {fn} must hold only its check, got {next_body!r}"
 
 
 def test_an_exception_in_the_answer_is_a_wrong_answer_with_its_message():
@@ -148,7 +230,7 @@ def _wrong(check, answer, message):
     result = check(answer, stop=False)
     assert result.status == "wrong", f"{check.__name__} accepted a wrong answer"
     assert message in result.reason, result.reason
-    with pytest.raises(checks.ExerciseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(checks.ExerciseError, match=re.escape(message)):
         check(answer)
 
 
@@ -169,6 +251,8 @@ def test_stratified_split_checker_rejects(answer, message):
     (lambda x, ops, theta: mixed_right(x, ops, theta.detach()), "differentiable"),
     (lambda x, ops, theta: mixed_right(x, ops, theta.flip(0)), "check the weighting"),
     (lambda x, ops, theta: mixed_right(x, ops, theta).mean(0), "shape"),
+    (lambda x, ops, theta: mixed_right(x, ops, torch.softmax(theta, 0)), "softmax again"),
+    (lambda x, ops, theta: sum(op(t * x) for t, op in zip(theta, ops, strict=True)), "weights its output"),
 ])
 def test_mixed_op_checker_rejects(answer, message):
     _wrong(checks.check_mixed_op, answer, message)
@@ -178,6 +262,7 @@ def test_mixed_op_checker_rejects(answer, message):
     (lambda theta: genotype_right(theta, exclude_none=False), "'none'"),
     (lambda theta: genotype_right(theta)[:6], "Return 8"),
     (lambda theta: [(op, src) for op, src in genotype_right(torch.softmax(theta.T, -1).T)], "node"),
+    (lambda theta: [(src, op) for op, src in genotype_right(theta)], "(op name, input node)"),
 ])
 def test_darts_genotype_checker_rejects(answer, message):
     _wrong(checks.check_darts_genotype, answer, message)
@@ -229,6 +314,9 @@ def test_gumbel_checker_rejects(answer, message):
     (lambda beta, c0: posteriors.dirichlet_kl(torch.full_like(beta, c0), beta), "KL(Dir(c0) || Dir(beta))"),
     (lambda beta, c0: kl_right(beta, c0)[..., None].expand_as(beta) / beta.shape[-1], "one value per op"),
     (lambda beta, c0: kl_right(beta, 1.0), "must be 0 when beta = c0"),  # the prior's c0 ignored
+    (lambda beta, c0: kl_right(beta, c0) / beta.shape[-1], "averaged over the ops"),
+    (lambda beta, c0: kl_right(beta, c0) + ((beta - c0) * torch.digamma(beta.sum(-1, keepdim=True))).sum(-1),
+     "psi(beta_0) term is missing"),
 ])
 def test_dirichlet_kl_checker_rejects(answer, message):
     _wrong(checks.check_dirichlet_kl, answer, message)
@@ -241,6 +329,7 @@ def test_dirichlet_kl_checker_rejects(answer, message):
     (lambda betas, c0, n: arch_kl_right(betas, 1.0, n), "not the flat Dir(1)"),
     (lambda betas, c0, n: -arch_kl_right(betas, c0, n), "sign is flipped"),
     (lambda betas, c0, n: torch.tensor(0.0176, dtype=torch.float64), "expected"),  # a value hard-coded from case 0
+    (lambda betas, c0, n: arch_kl_right(betas, c0, n) / len(betas), "Sum over the cell types"),
 ])
 def test_architecture_kl_checker_rejects(answer, message):
     _wrong(checks.check_architecture_kl, answer, message)
@@ -249,7 +338,8 @@ def test_architecture_kl_checker_rejects(answer, message):
 @pytest.mark.parametrize("answer, message", [
     (lambda beta: nb201_right(torch.cat([torch.zeros(6, 1), beta[:, 1:]], 1)), "'none' is an ordinary choice"),
     (lambda beta: spaces.nb201.Genotype.from_ops([spaces.nb201.PRIMITIVES[k % 5] for k in beta.argmax(0).tolist()]
-                                                 + ["none"]), "ordinary choice"),  # argmax over edges
+                                                 + ["none"]), "last dimension"),  # argmax over edges
+    (lambda beta: nb201_right(beta / beta.sum(0, keepdim=True)), "not over the edges"),
     (lambda beta: "not a genotype", "Return an NB201 genotype"),
 ])
 def test_genotype_from_posterior_checker_rejects(answer, message):
@@ -271,6 +361,7 @@ def test_genotype_from_posterior_accepts_the_argmax_of_beta_itself():
     (lambda x, mu, sigma: (x @ mu.T, (x * x) @ sigma.T), "use σ², not σ"),
     (lambda x, mu, sigma: (mu @ x.T, (x * x) @ (sigma * sigma).T), "shape"),
     (lambda x, mu, sigma: (x @ mu.T + 0.1, (x * x) @ (sigma * sigma).T), "mean is wrong"),
+    (lambda x, mu, sigma: tuple(t.detach() for t in local_reparam_right(x, mu, sigma)), "differentiable"),
 ])
 def test_local_reparameterisation_rejects_plausible_wrong_answers(wrong, diagnosis):
     result = checks.check_local_reparameterisation(wrong, stop=False)
@@ -334,6 +425,7 @@ def _l2_wrong(rule):
     (_l2_wrong(lambda x, d, n, eps: (x + d * eps / n).clamp(0, 1)), "also the shorter ones"),
     (_l2_wrong(lambda x, d, n, eps: (x + d * min(1.0, eps / d.norm().item())).clamp(0, 1)), "whole batch"),
     (_l2_wrong(lambda x, d, n, eps: (x + d * (eps / n**2).clamp(max=1)).clamp(0, 1)), "differs from the projection"),
+    (lambda x_adv, x, eps: x_adv.clamp(0, 1), "keeps δ = x_adv − x as it is"),  # was diagnosed as the L∞ projection
 ])
 def test_l2_projection_checker_rejects_plausible_wrong_answers(wrong, diagnosis):
     result = checks.check_l2_projection(wrong, stop=False)
@@ -359,3 +451,139 @@ def _eot_averaged_prediction(model, x, y, samples):
 def test_eot_gradient_checker_rejects_plausible_wrong_answers(wrong, diagnosis):
     result = checks.check_eot_gradient(wrong, stop=False)
     assert result.status == "wrong" and diagnosis in result.reason, result.reason
+
+
+# --- the exercises added for chapters 00, 03 and 05: each plausible slip rejected with its diagnosis ---------
+
+def _stats_with(mean=None, std=None):
+    def stats(x):
+        right_mean, right_std = channel_stats_right(x)
+        return (right_mean if mean is None else mean(x)), (right_std if std is None else std(x))
+    return stats
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda x: (x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0)), "divide the pixels by 255"),
+    (lambda x: ((x / 255).mean(), (x / 255).std()), "one per channel"),
+    (lambda x: ((x / 255).mean((0, 2, 3)), (x / 255).std((0, 2, 3))), "NHWC"),  # NCHW axes on NHWC images
+    (_stats_with(std=lambda x: channel_stats_right(x)[1] ** 2), "that is the variance"),
+    (_stats_with(std=lambda x: torch.as_tensor(x / 255).std((0, 1, 2))), "NHW − 1"),  # torch.std's unbiased default
+    (_stats_with(std=lambda x: (x / 255).std(axis=(1, 2)).mean(0)), "pools the pixels of all images"),
+    (lambda x: channel_stats_right(x)[::-1], "return (mean, std)"),
+    (_stats_with(mean=lambda x: np.full(3, (x / 255).mean())), "keep the channel axis"),
+])
+def test_channel_stats_checker_rejects(answer, message):
+    _wrong(checks.check_channel_stats, answer, message)
+
+
+def test_channel_stats_checker_accepts_float32_torch():
+    def in_torch(x):
+        t = torch.as_tensor(x).float() / 255
+        return t.mean((0, 1, 2)), t.std((0, 1, 2), unbiased=False)
+    assert checks.check_channel_stats(in_torch).passed
+
+
+def _crop_from(shift):
+    """A crop that takes out[k, i, j] = x[k, i + sy, j + sx] (0 outside) with (sy, sx) = shift(pad, dy, dx)."""
+    def crop(x, pad, dy, dx):
+        n, h, w, _ = x.shape
+        sy, sx = shift(pad, dy, dx)
+        p = int(max(sy.abs().max(), sx.abs().max()))
+        padded = F.pad(x, (0, 0, p, p, p, p))
+        return torch.stack([padded[k, p + sy[k]:p + sy[k] + h, p + sx[k]:p + sx[k] + w] for k in range(n)])
+    return crop
+
+
+def _reflect_crop(x, pad, dy, dx):
+    n, h, w, _ = x.shape
+    padded = F.pad(x.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="reflect").permute(0, 2, 3, 1)
+    return torch.stack([padded[k, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda x, pad, dy, dx: torch.stack([torch.roll(x[k], (pad - int(dy[k]), pad - int(dx[k])), (0, 1))
+                                         for k in range(len(x))]), "(a roll)"),
+    (_reflect_crop, "zero padding"),
+    (lambda x, pad, dy, dx: pad_and_crop_right(x, pad, dx, dy), "dy and dx are swapped"),
+    (_crop_from(lambda pad, dy, dx: (dy, dx)), "the offsets index the padded image"),
+    (_crop_from(lambda pad, dy, dx: (pad - dy, pad - dx)), "the other way"),
+    (lambda x, pad, dy, dx: pad_and_crop_right(x, pad, dy[:1].expand(len(x)), dx[:1].expand(len(x))),
+     "each image has its own"),
+    (lambda x, pad, dy, dx: F.pad(x, (0, 0, pad, pad, pad, pad)), "that is the padded image"),
+    (lambda x, pad, dy, dx: x, "came back unchanged"),
+])
+def test_pad_and_crop_checker_rejects(answer, message):
+    _wrong(checks.check_pad_and_crop, answer, message)
+
+
+def test_pad_and_crop_cases_agree_with_the_library():
+    """The checker's own closed form, Eq. (0.2), is the library's crop for the offsets the library draws."""
+    from vnas.checks.data import _shift
+    x = torch.randint(1, 256, (4, 5, 7, 3), generator=torch.Generator().manual_seed(9), dtype=torch.uint8)
+    draws = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 7, (4, 1, 1), generator=draws).view(-1)
+    dx = torch.randint(0, 7, (4, 1, 1), generator=draws).view(-1)
+    library = data.crop_flip(x, torch.Generator().manual_seed(3), pad=3, flip=False)
+    assert torch.equal(_shift(x, dy - 3, dx - 3), library)
+    assert torch.equal(pad_and_crop_right(x, 3, dy, dx), library)
+
+
+def _st(sign=1.0, detach=True, tau_in_soft=True, noise_in_hard=True):
+    def straight_through(logits, g, tau):
+        soft = torch.softmax((logits + g) / (tau if tau_in_soft else 1.0), -1)
+        hard = F.one_hot((logits + g if noise_in_hard else logits).argmax(-1), logits.shape[-1]).to(soft)
+        return hard + sign * (soft - (soft.detach() if detach else soft))
+    return straight_through
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda logits, g, tau: torch.softmax((logits + g) / tau, -1), "that is the soft sample"),
+    (lambda logits, g, tau: F.one_hot((logits + g).argmax(-1), logits.shape[-1]).to(logits), "no gradient reaches"),
+    (_st(sign=-1.0), "wrong sign"),
+    (_st(detach=False), "without the .detach()"),
+    (_st(tau_in_soft=False), "divide by tau"),
+    (_st(noise_in_hard=False), "without the noise"),
+    (lambda logits, g, tau: torch.softmax((logits + g) / 0.1, -1), "only close to it"),  # a cold softmax
+    (lambda logits, g, tau: torch.softmax((logits + g) / 0.01, -1), "must get exactly 0.0"),  # a colder one
+    (lambda logits, g, tau: _st()(logits, -g, tau), "one-hot of argmax(logits + g)"),
+])
+def test_straight_through_checker_rejects(answer, message):
+    _wrong(checks.check_straight_through, answer, message)
+
+
+def test_straight_through_accepts_the_sum_written_without_brackets():
+    """(y_hard + y_soft) - y_soft keeps the zeros exactly 0.0 and the ones within rounding of 1: still right."""
+    def unbracketed(logits, g, tau):
+        soft = torch.softmax((logits + g) / tau, -1)
+        return F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft) + soft - soft.detach()
+    assert checks.check_straight_through(unbracketed).passed
+
+
+def _mean_field(sigma_of=F.softplus, reduce="sum", extra=0.0, prior=lambda s: s):
+    def kl(mu, rho, s):
+        sigma, s = sigma_of(rho), prior(s)
+        terms = torch.log(s / sigma) + (sigma**2 + mu**2) / (2 * s**2) - 0.5 + extra
+        return {"sum": terms.sum(), "mean": terms.mean(), "none": terms}[reduce]
+    return kl
+
+
+@pytest.mark.parametrize("answer, message", [
+    (_mean_field(sigma_of=torch.exp), "not e^ρ"),
+    (_mean_field(sigma_of=lambda rho: rho), "NaN"),  # ρ taken for σ
+    (_mean_field(sigma_of=lambda rho: torch.log(1 + torch.exp(rho))), "rounds 1 + e^ρ to 1"),
+    (_mean_field(sigma_of=lambda rho: F.softplus(rho).sqrt()), "not the variance: the KL has σ²"),
+    (_mean_field(prior=lambda s: s * s), "s is the prior's standard deviation"),
+    (_mean_field(reduce="mean"), "do not average"),
+    (_mean_field(reduce="none"), "return one number"),
+    (_mean_field(extra=0.5), "−½ per weight"),
+    (lambda mu, rho, s: -mean_field_kl_right(mu, rho, s), "wrong sign"),
+    (lambda mu, rho, s: mean_field_kl_right(mu.detach(), rho, s), "gradient with respect to μ"),
+    (lambda mu, rho, s: torch.tensor(mean_field_kl_right(mu, rho, s).item(), dtype=torch.float64),
+     "not differentiable"),
+])
+def test_mean_field_kl_checker_rejects(answer, message):
+    _wrong(checks.check_mean_field_kl, answer, message)
+
+
+def test_mean_field_kl_accepts_log1p():
+    assert checks.check_mean_field_kl(_mean_field(sigma_of=lambda rho: torch.log1p(torch.exp(rho)))).passed

@@ -177,11 +177,13 @@ def test_kl_checker_names_the_mistake(wrong, message):
         checks.check_gaussian_kl(wrong)
 
 
-def make_estimator(sign=1.0, kl_sign=-1.0, use_sample=False, as_float=False):
+def make_estimator(sign=1.0, kl_sign=-1.0, use_sample=False, as_float=False, one_draw=False, data_mean=False):
     def estimate(model, mu, s, n_samples):
-        eps = torch.randn(n_samples, len(mu), dtype=F64)
-        w = Normal(mu, s).sample((n_samples,)) if use_sample else mu + s * eps
-        log_lik = Normal(w @ model.phi.T, model.sigma).log_prob(model.y).sum(-1).mean()
+        draws = 1 if one_draw else n_samples  # one_draw: n_samples ignored, still unbiased
+        eps = torch.randn(draws, len(mu), dtype=F64)
+        w = Normal(mu, s).sample((draws,)) if use_sample else mu + s * eps
+        log_p = Normal(w @ model.phi.T, model.sigma).log_prob(model.y)
+        log_lik = (log_p.mean(-1) if data_mean else log_p.sum(-1)).mean()
         kl = ev.kl_gaussian_diag(mu, s, torch.zeros_like(mu), model.alpha**-0.5)
         out = sign * (log_lik + kl_sign * kl)
         return out.item() if as_float else out
@@ -199,10 +201,21 @@ def test_elbo_checker_passes_a_correct_solution():
     (dict(kl_sign=0.0), "KL.* term is missing"),
     (dict(use_sample=True), "gradient w.r.t. mu is biased"),
     (dict(as_float=True), "not differentiable"),
+    (dict(one_draw=True), "fewer draws than n_samples"),  # unbiased, so only its spread gives it away
+    (dict(data_mean=True), "averaged over the N = 15 data points"),
 ])
 def test_elbo_checker_names_the_mistake(kwargs, message):
     with pytest.raises(checks.ExerciseError, match=message):
         checks.check_elbo_estimator(make_estimator(**kwargs))
+
+
+def test_elbo_checker_accepts_the_local_reparameterisation():
+    """Sampling the outputs f_n instead of the weights is unbiased too, with a smaller spread: a right answer."""
+    def local(model, mu, s, n_samples):
+        f = model.phi @ mu + ((model.phi**2) @ (s**2)).sqrt() * torch.randn(n_samples, model.n, dtype=F64)
+        log_lik = Normal(f, model.sigma).log_prob(model.y).sum(-1).mean()
+        return log_lik - ev.kl_gaussian_diag(mu, s, torch.zeros_like(mu), model.alpha**-0.5)
+    assert checks.check_elbo_estimator(local).passed
 
 
 def test_elbo_checker_rejects_a_deterministic_answer():
@@ -210,6 +223,50 @@ def test_elbo_checker_rejects_a_deterministic_answer():
         return ev.elbo(model, mu, torch.diag(s**2))
     with pytest.raises(checks.ExerciseError, match="same number"):  # found on the second call
         checks.check_elbo_estimator(closed_form)
+
+
+def log_evidence_right(model, prior=1.0, noise_squared=True, logdet=-0.5, weight_term=1.0, at_zero=False):
+    """Eq. (1.8) by hand; the keywords make the plausible slips."""
+    precision = model.alpha * torch.eye(model.m, dtype=F64) + model.phi.T @ model.phi / model.sigma**2
+    m_n = torch.zeros(model.m, dtype=F64) if at_zero else \
+        torch.linalg.solve(precision, model.phi.T @ model.y) / model.sigma**2
+    energy = (model.y - model.phi @ m_n).square().sum() / (2 * model.sigma**2) \
+        + weight_term * model.alpha / 2 * m_n @ m_n
+    noise = model.sigma**2 if noise_squared else model.sigma
+    return (prior * model.m / 2 * math.log(model.alpha) - model.n / 2 * math.log(2 * math.pi * noise)
+            - energy + logdet * torch.logdet(precision))
+
+
+def test_log_evidence_checker_passes_a_correct_solution_and_the_library():
+    assert checks.check_log_evidence(log_evidence_right).passed
+    assert checks.check_log_evidence(lambda model: ev.log_evidence(model).item()).passed  # a float will do
+
+    def stub(model):
+        raise NotImplementedError
+    assert checks.check_log_evidence(stub, stop=False).status == "not attempted"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prior=0.0), "M/2 log alpha is missing"),
+    (dict(prior=-1.0), "M/2 log alpha has the wrong sign"),
+    (dict(logdet=0.5), "-1/2 log|Lambda| has the wrong sign"),
+    (dict(logdet=0.0), "Occam factor -1/2 log|Lambda| is missing"),
+    (dict(logdet=-1.0), "counted twice"),
+    (dict(weight_term=0.0), "alpha/2 m_N^T m_N"),
+    (dict(at_zero=True), "evaluate it at the posterior mean"),
+    (dict(noise_squared=False), "sigma squared"),
+])
+def test_log_evidence_checker_names_the_mistake(kwargs, message):
+    result = checks.check_log_evidence(lambda model: log_evidence_right(model, **kwargs), stop=False)
+    assert result.status == "wrong" and message in result.reason, result.reason
+
+
+def test_log_evidence_checker_rejects_other_answers_with_what_to_compare():
+    per_datum = checks.check_log_evidence(lambda model: log_evidence_right(model) / model.n, stop=False)
+    assert per_datum.status == "wrong" and "Compare with Eq. (1.8)" in per_datum.reason
+    one_per_point = checks.check_log_evidence(lambda model: log_evidence_right(model).expand(model.n), stop=False)
+    assert one_per_point.status == "wrong" and "return one number" in one_per_point.reason
+    assert checks.check_log_evidence(lambda model: None, stop=False).status == "wrong"
 
 
 # --- the plots draw ------------------------------------------------------------------------------

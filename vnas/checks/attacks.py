@@ -99,6 +99,9 @@ def check_l2_projection(fn) -> str:
         delta = torch.randn(x.shape, generator=gen, dtype=DTYPE)
         scale = torch.tensor([2.0, 0.3, 0.1, 1.5, 0.05], dtype=DTYPE).view(-1, 1, 1, 1)  # long and short δ
         delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * scale * eps
+        delta[3] = 0.0  # a δ longer than ε with one pixel beyond ε, where the clip to [0, 1] does not hide it:
+        x[3, 0, 1, 1] = 0.9  # the L2 and L∞ projections, and no projection, differ there (for ε = 0.5)
+        delta[3, 0, 1, 1], delta[3, 1, 2, 2], delta[3, 2, 0, 3] = -1.2 * eps, -0.6 * eps, 0.5 * eps
         x_adv = x + delta
         out = _tensor(call(fn, x_adv.clone(), x.clone(), eps), name, x)
         norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
@@ -107,6 +110,9 @@ def check_l2_projection(fn) -> str:
             continue
         require(not _close(out, x + delta * (eps / norms).clamp(max=1)),
                 f"{name} leaves [0, 1]: clip the projected point to the pixel range.")
+        require(not _close(out, x_adv.clamp(0, 1)),
+                f"{name} keeps δ = x_adv − x as it is: a δ longer than ε must be rescaled to length ε, "
+                "x + δ min(1, ε / ||δ||₂), before clipping to [0, 1].")
         require(not _close(out, (x + delta.clamp(-eps, eps)).clamp(0, 1)),
                 f"{name} clips every pixel to [−ε, ε]: that is the L∞ projection. For L2, rescale δ as a whole.")
         require(not _close(out, (x + delta * eps / norms).clamp(0, 1)),

@@ -24,6 +24,10 @@ def check_mixed_op(fn) -> str:
     best = int(theta.argmax())
     if torch.allclose(out, ops[best](x), atol=1e-5) or torch.allclose(out, theta[best] * ops[best](x), atol=1e-5):
         require(False, "You kept only the strongest op: the relaxation mixes every op, each weighted by theta[o].")
+    if torch.allclose(out, sum(t * op(x) for t, op in zip(torch.softmax(theta, 0), ops, strict=True)), atol=1e-5):
+        require(False, "theta already holds the mixing weights softmax(alpha): do not apply a softmax again.")
+    if torch.allclose(out, sum(op(t * x) for t, op in zip(theta, ops, strict=True)), atol=1e-5):
+        require(False, "You weighted the input of each op; Eq. (2.2) weights its output, theta[o] * ops[o](x).")
     require(torch.allclose(out, expected, atol=1e-5),
             "The output is not sum_o theta[o] * ops[o](x); check the weighting.")
     leaf = theta.clone().requires_grad_()
@@ -46,6 +50,8 @@ def check_darts_genotype(fn) -> str:
     for k, weights in enumerate(cases):
         out = call(fn, weights.clone())
         require(len(out) == 8, f"Return 8 (op, input) pairs, two per intermediate node; got {len(out)}.")
+        require(all(len(p) == 2 and p[0] in spaces.darts.PRIMITIVES and not isinstance(p[1], str) for p in out),
+                f"Each pair is (op name, input node), e.g. ('sep_conv_3x3', 0); got {list(out[:2])} ...")
         want = spaces.darts.derive({"normal": weights, "reduce": weights}).normal
         for node in range(4):
             got_pairs = sorted(tuple(p) for p in out[2 * node:2 * node + 2])

@@ -1,5 +1,5 @@
-"""Checkers for the exercises of chapter 01: a Gaussian KL in closed form, and a reparameterised
-ELBO estimator for Bayesian linear regression.
+"""Checkers for the exercises of chapter 01: a Gaussian KL in closed form, a reparameterised ELBO
+estimator, and the closed-form log evidence of Bayesian linear regression.
 
 Each checker compares the reader's function with Monte Carlo and the closed forms of
 ``vnas.evidence``, and when they differ, tests the usual slips (a sign, a missing term, a
@@ -16,7 +16,7 @@ import torch
 from vnas import evidence as ev
 from vnas.checks._common import ExerciseError, NotAttempted, call, checker, require
 
-__all__ = ["check_gaussian_kl", "check_elbo_estimator", "check_bridge_elbo"]
+__all__ = ["check_gaussian_kl", "check_elbo_estimator", "check_log_evidence", "check_bridge_elbo"]
 
 DTYPE = torch.float64
 
@@ -164,6 +164,8 @@ def _elbo_slips(model, mu, s, n_samples: int) -> list[tuple[float, str]]:
                                       "-N/2 log(2 pi sigma^2)."),
         (n_samples * expected_ll - kl, f"off by a factor of S = {n_samples} in the data term: average the "
                                        "log-likelihood over the samples, don't sum it."),
+        (expected_ll / model.n - kl, f"the log-likelihood is averaged over the N = {model.n} data points; "
+                                     "log p(y | w) is their sum."),
         (expected_ll - 2 * kl, "off by a factor of 2 in the KL term."),
     ]
 
@@ -172,7 +174,8 @@ def _elbo_slips(model, mu, s, n_samples: int) -> list[tuple[float, str]]:
 def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> str:
     """Check ``fn(model, mu, s, n_samples)``: a Monte Carlo estimate of the ELBO of
     q = N(mu, diag s^2) for ``model`` (an ``evidence.LinearModel``) that is unbiased against the
-    closed form within Monte Carlo error, random, and differentiable w.r.t. mu and s with unbiased
+    closed form within Monte Carlo error, random, with no more spread than the average of ``n_samples`` draws
+    (an estimator that ignores n_samples is unbiased too), and differentiable w.r.t. mu and s with unbiased
     gradients (the reparameterisation w = mu + s * eps).
 
     Introduced in chapters/01_bayesian_model_selection.py, exercise (ii), Eq. (1.11).
@@ -190,6 +193,18 @@ def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> str:
         raise ExerciseError(f"Over {repeats} calls your estimates average {mean:.3f} +- {se:.3f}, but the "
                             f"closed-form ELBO is {exact:.3f}. "
                             f"{slip or 'The estimate is biased: compare it with Eq. (1.11) term by term.'}")
+    # The spread: S draws divide the variance of one draw by S. An estimator that ignores n_samples (one draw
+    # per call, or one eps repeated) is unbiased too, and only its spread gives it away. The local
+    # reparameterisation is also right and has a smaller spread, so only a spread above the plain S-sample
+    # estimator's counts (the sample variance of 300 calls is within ~8% of its expectation; 2x is far out).
+    with torch.random.fork_rng(), ev._one_thread():
+        one_draw = ev.log_lik_samples(model, mu, s, 20_000, False, torch.Generator().manual_seed(304))
+    expected_var, var = one_draw.var().item() / n_samples, values.var().item()
+    require(var < 2 * expected_var,
+            f"your estimates vary as if they used fewer draws than n_samples = {n_samples}: their variance over "
+            f"{repeats} calls is {var:.3g}, while the average of {n_samples} draws of log p(y | w) has variance "
+            f"{expected_var:.3g} (one draw: {expected_var * n_samples:.3g}). Draw n_samples independent eps, a "
+            "tensor [n_samples, M], and average the log-likelihood over them.")
     # Gradients: the average of the per-call gradients must match the closed form's gradient.
     mu_, log_s_ = mu.clone().requires_grad_(True), log_s.clone().requires_grad_(True)
     exact = ev.elbo(model, mu_, torch.diag(log_s_.exp() ** 2))
@@ -201,7 +216,71 @@ def check_elbo_estimator(fn, repeats: int = 300, n_samples: int = 4) -> str:
                                 "is not the exact gradient): the samples must be a differentiable "
                                 "function w = mu + s * eps, not drawn with .sample() or detached.")
     return (f"unbiased: mean of {repeats} estimates {mean:.3f} +- {se:.3f} vs closed form {exact:.3f}; "
-           "random; gradients w.r.t. mu and s unbiased.")
+           f"random, with the spread of {n_samples} draws; gradients w.r.t. mu and s unbiased.")
+
+
+# --- exercise (iii): the log evidence in closed form ------------------------------------------------
+
+def _evidence_cases():
+    """Linear models: a constant (M = 1), a line on [0, 1] (a correlated posterior), a cubic, and more features
+    than data (M = 7 > N = 4), with priors and noise levels that make every term of (1.8) count."""
+    generator = torch.Generator().manual_seed(808)
+    for n, degree, alpha, sigma, low in ((6, 0, 2.0, 0.5, -1.0), (20, 1, 1.0, 0.3, 0.0), (12, 3, 0.3, 0.2, -1.0),
+                                         (4, 6, 5.0, 1.5, -1.0)):
+        x, y = ev.sample_poly_data(n, [0.5, -1.0, 0.8, 1.2][: degree + 1], sigma, generator, low=low, high=1.0)
+        yield ev.LinearModel(ev.poly_features(x, degree), y, alpha=alpha, sigma=sigma)
+
+
+def _evidence_slips(model) -> list[tuple[float, str]]:
+    """The log evidence with one term of (1.8) wrong, each with what to fix."""
+    m_n, _ = ev.posterior(model)
+    fit = (model.y - model.phi @ m_n).square().sum().item() / (2 * model.sigma**2)
+    weights = model.alpha / 2 * (m_n @ m_n).item()
+    logdet = torch.logdet(ev.posterior_precision(model)).item()
+    prior = model.m / 2 * math.log(model.alpha)
+    noise = -model.n / 2 * math.log(2 * math.pi * model.sigma**2)
+    ref = prior + noise - fit - weights - logdet / 2
+    at_zero = model.y.square().sum().item() / (2 * model.sigma**2)
+    return [
+        (ref - prior, "the prior's normaliser M/2 log alpha is missing."),
+        (ref - 2 * prior, "M/2 log alpha has the wrong sign: a prior precision alpha enters as +M/2 log alpha."),
+        (ref + logdet, "-1/2 log|Lambda| has the wrong sign (or you took log|S_N| = -log|Lambda|): the Occam factor "
+                       "lowers the evidence."),
+        (ref + logdet / 2, "the Occam factor -1/2 log|Lambda| is missing."),
+        (ref - logdet / 2, "log|Lambda| is counted twice: it enters as -1/2 log|Lambda|."),
+        (ref + weights, "E(m_N) lacks the prior's term alpha/2 m_N^T m_N."),
+        (ref + fit + weights - at_zero, "E is evaluated at w = 0; evaluate it at the posterior mean m_N of (1.7)."),
+        (ref - noise - model.n / 2 * math.log(2 * math.pi * model.sigma), "the noise normaliser is "
+                                                                         "-N/2 log(2 pi sigma^2): sigma squared."),
+        (ref - noise, "the noise normaliser -N/2 log(2 pi sigma^2) is missing."),
+        (ref + fit - fit * model.sigma, "the data fit is ||y - Phi m_N||^2 / (2 sigma^2): divide by sigma squared."),
+    ]
+
+
+@checker
+def check_log_evidence(fn) -> str:
+    """Check ``fn(model)`` = log p(D) of Bayesian linear regression (an ``evidence.LinearModel``) in closed form,
+    M/2 log alpha - N/2 log(2 pi sigma^2) - E(m_N) - 1/2 log|Lambda|, against ``evidence.log_evidence`` and the
+    N-dimensional Gaussian density log N(y | 0, sigma^2 I + alpha^-1 Phi Phi^T), on four models (M = 1 to M > N).
+
+    Introduced in chapters/01_bayesian_model_selection.py, exercise (iii), Eq. (1.8).
+    """
+    name = getattr(fn, "__name__", "your function")
+    for i, model in enumerate(_evidence_cases()):
+        value = _number(call(fn, model), name).item()
+        ref = ev.log_evidence(model).item()
+        cov = model.sigma**2 * torch.eye(model.n, dtype=DTYPE) + model.phi @ model.phi.T / model.alpha
+        density = torch.distributions.MultivariateNormal(torch.zeros(model.n, dtype=DTYPE), cov).log_prob(model.y)
+        tol = 1e-7 * (1 + abs(ref))
+        if _close(value, ref, tol):
+            continue
+        slip = _diagnose(value, _evidence_slips(model), tol)
+        raise ExerciseError(f"Case {i} (N = {model.n} points, M = {model.m} features, alpha = {model.alpha}, "
+                            f"sigma = {model.sigma}): log p(D) = {ref:.6f} (as an N-dimensional Gaussian density "
+                            f"{density.item():.6f}); yours is {value:.6f}. "
+                            f"{slip or 'Compare with Eq. (1.8) term by term.'}")
+    return ("log evidence: matches Eq. (1.8) and the N-dimensional Gaussian density on 4 models, from M = 1 "
+            "to more features than data.")
 
 
 # --- chapter 04: the search's per-datum objective on the exact bridge --------------------------------
