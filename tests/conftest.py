@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,11 +24,31 @@ def torchattacks():
 
 
 _CHAPTER_TIMES: dict[str, float] = {}
+PER_CELL_TIMEOUT = 300  # a stalled headless cell fails here instead of hanging CI
+# Where the chapter tests save the executed notebooks: `python -m vnas book --from-saved` (or `VNAS_MODE=smoke
+# make book`, which reuses them) renders the site from them without executing anything again.
+SMOKE_NOTEBOOKS = Path(__file__).resolve().parents[1] / "_build" / "notebooks"
 
 
-@pytest.fixture
-def chapter_times():
-    return _CHAPTER_TIMES
+@pytest.fixture(scope="session")
+def smoke_chapters():
+    """``run(path) -> book.ChapterRun``: the chapter executed in smoke mode, once per session whichever test asks
+    first (the chapter tests, the site's browser test), and saved into ``_build/notebooks``."""
+    from vnas import book
+
+    cache: dict[str, book.ChapterRun] = {}
+
+    def run(path: Path):
+        if path.stem not in cache:
+            with pytest.MonkeyPatch.context() as mp:  # as the autouse smoke_mode fixture, for any scope
+                for var in ("VNAS_DATA", "VNAS_DEVICE", "VNAS_DOWNLOAD"):
+                    mp.delenv(var, raising=False)
+                cache[path.stem] = book.run(path, SMOKE_NOTEBOOKS, timeout=PER_CELL_TIMEOUT,
+                                            env={"VNAS_MODE": "smoke"})
+            _CHAPTER_TIMES[path.stem] = cache[path.stem].seconds
+        return cache[path.stem]
+
+    return run
 
 
 def pytest_terminal_summary(terminalreporter):

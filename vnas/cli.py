@@ -4,11 +4,12 @@
     python -m vnas resume DIR [--trust-checkpoint]
     python -m vnas derive DIR
     python -m vnas train --genotype FILE|NAME [--config FILE] --out DIR
-    python -m vnas describe --genotype FILE|NAME [--config FILE]
+    python -m vnas describe --genotype FILE|NAME [--config FILE] [--dataset cifar10|imagenet]
     python -m vnas nb201 GENOTYPE
     python -m vnas sweep CONFIG [--seeds N] [--methods M ...] [--out DIR] [--jobs J]
-    python -m vnas book [--out _build]
-    python -m vnas assignments [--out _build/assignments]
+    python -m vnas book [--out _build] [--only NN ...] [--rerun | --from-saved]
+    python -m vnas assignments [--out _build/assignments] [--nbgrader [--hidden HIDDEN]]
+    python -m vnas grade SUBMISSIONS [--out grades.csv] [--hidden HIDDEN] [--only NN ...] [--timeout S]
 
 Introduced in chapters/00_welcome.py.
 """
@@ -81,10 +82,23 @@ def _train(args) -> int:
     return 0
 
 
+DATASETS = ("cifar10", "imagenet")  # describe: the networks a genotype has
+
+
 def _describe(args) -> int:
+    import difflib
+
     from vnas import config, networks, spaces, train
 
+    if args.dataset == "imagenet" and not args.mode:
+        args.mode = "full"  # "the mobile setting" is a statement about the published network, not a smoke-sized one
     _set_mode(args)
+    if args.dataset not in DATASETS:
+        close = difflib.get_close_matches(args.dataset, DATASETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown dataset {args.dataset!r}.{hint} Valid datasets: {', '.join(DATASETS)}.")
+    if args.dataset == "imagenet":
+        return _describe_imagenet(args)
     cfg = train.load_train_config(args.genotype, Path(args.config) if args.config else None)
     genotype = spaces.load_genotype(args.genotype)
     model = train.build_network(cfg, genotype)
@@ -93,6 +107,25 @@ def _describe(args) -> int:
     print(f"parameters: {networks.count_parameters(model) / 1e6:.3f} M without the auxiliary head, "
           f"{networks.count_parameters(model, include_auxiliary=True) / 1e6:.3f} M with it")
     print(f"multiply-adds: {networks.count_macs(model) / 1e6:.1f} M per 32x32 image")
+    return 0
+
+
+def _describe_imagenet(args) -> int:
+    from vnas import config, imagenet, networks, spaces
+    from vnas.spaces import darts_imagenet
+
+    cfg = imagenet.load_imagenet_config(Path(args.config) if args.config else None)
+    genotype = spaces.load_genotype(args.genotype)
+    model = darts_imagenet.build_imagenet_network(genotype, C=cfg.channels, layers=cfg.layers,
+                                                  auxiliary=cfg.auxiliary, drop_path=cfg.drop_path)
+    macs = networks.count_macs(model, (1, 3, 224, 224))
+    limit = darts_imagenet.MOBILE_MACS
+    print(f"genotype: {genotype}")
+    print(f"network: ImageNet (1000 classes), {cfg.layers} cells, C={cfg.channels} (mode {config.mode()})")
+    print(f"parameters: {networks.count_parameters(model) / 1e6:.3f} M without the auxiliary head, "
+          f"{networks.count_parameters(model, include_auxiliary=True) / 1e6:.3f} M with it")
+    print(f"multiply-adds: {macs / 1e6:.1f} M per 224x224 image (conv and linear layers): "
+          f"{'within' if macs < limit else 'outside'} the mobile setting (< {limit / 1e6:.0f} M)")
     return 0
 
 
@@ -114,16 +147,43 @@ def _nb201(args) -> int:
 def _book(args) -> int:
     from vnas import book
 
-    book.build(Path(args.out), timeout=args.timeout, only=args.only)
+    entries = book.build(Path(args.out), timeout=args.timeout, only=args.only, reuse=not args.rerun,
+                         saved_only=args.from_saved)
     print(f"[book] open {Path(args.out) / 'index.html'}")
-    return 0
+    missing = [e["stem"] for e in entries if e["status"] == "not executed"]
+    if missing:
+        print(f"[book] not executed, so not on the site: {', '.join(missing)}")
+    failed = [e for e in entries if e["status"] == "failed"]
+    for e in failed:  # every chapter was still run and written; the exit status says some failed
+        print(f"[book] FAILED {e['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _assignments(args) -> int:
-    from vnas import book
+    from vnas import book, grade
 
+    if args.nbgrader:
+        for path in grade.write_nbgrader(Path(args.out), Path(args.hidden) if args.hidden else None):
+            print(f"[assignments] {path} (nbgrader source: solutions kept, cells marked)")
+        print(f"[assignments] then, in {args.out}: nbgrader generate_assignment NN_slug")
+        return 0
+    if args.hidden:
+        raise ValueError("--hidden goes with --nbgrader (hidden checks run in nbgrader's hidden test blocks), or "
+                         "with `python -m vnas grade`.")
     for path in book.write_assignments(Path(args.out)):
         print(f"[assignments] {path} (+ .ipynb)")
+    return 0
+
+
+def _grade(args) -> int:
+    from vnas import grade
+
+    rows = grade.grade(Path(args.submissions), Path(args.hidden) if args.hidden else None, only=args.only,
+                       timeout=args.timeout)
+    out = grade.write_csv(rows, Path(args.out))
+    for student, points in grade.totals(rows).items():
+        print(f"{student}: {points:g} points")
+    print(f"[grade] {len(rows)} rows -> {out}")
     return 0
 
 
@@ -186,8 +246,10 @@ def parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("describe", help="parameters and multiply-adds of a genotype's final network")
     x.add_argument("--genotype", required=True)
-    x.add_argument("--config")
+    x.add_argument("--config", help="a TOML file overriding configs/train_<space>.toml (imagenet: train_imagenet)")
     x.add_argument("--mode")
+    x.add_argument("--dataset", default="cifar10", help=" | ".join(DATASETS) + " (default cifar10); imagenet: the "
+                   "224x224 network of the mobile setting (DARTS space only)")
     x.set_defaults(run=_describe)
 
     n = sub.add_parser("nb201", help="a NAS-Bench-201 cell's accuracies from the shipped table")
@@ -204,15 +266,39 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=int, default=1, help="runs side by side, one CPU thread each")
     w.set_defaults(run=_sweep)
 
-    b = sub.add_parser("book", help="execute every chapter and write notebooks + HTML")
+    b = sub.add_parser("book", help="execute every chapter and write notebooks + HTML",
+                       description="Executes each chapter in the current mode (VNAS_MODE) into OUT/notebooks/, "
+                       "reusing a saved notebook that ran clean in this mode from the same source, and writes an "
+                       "offline HTML site into OUT (OUT/index.html). A failing chapter does not stop the others; "
+                       "the exit status is 1 when any failed.")
     b.add_argument("--out", default="_build")
     b.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
     b.add_argument("--only", nargs="*", help="only chapters whose file name contains one of these")
+    again = b.add_mutually_exclusive_group()
+    again.add_argument("--rerun", action="store_true", help="execute even when a saved notebook matches")
+    again.add_argument("--from-saved", action="store_true", help="execute nothing: render the saved notebooks "
+                       "(e.g. those `make test` executed in smoke mode)")
     b.set_defaults(run=_book)
 
     a = sub.add_parser("assignments", help="the chapters with their solutions stripped, for a class")
     a.add_argument("--out", default="_build/assignments")
+    a.add_argument("--nbgrader", action="store_true", help="write nbgrader's source notebooks instead: solutions "
+                   "kept between the markers, answer and test cells marked (OUT/source/NN_slug/NN_slug.ipynb)")
+    a.add_argument("--hidden", help="a folder of hidden checks, HIDDEN/NN_slug.py (with --nbgrader)")
     a.set_defaults(run=_assignments)
+
+    g = sub.add_parser("grade", help="grade a class: SUBMISSIONS/<student>/NN_slug.py|.ipynb -> a CSV",
+                       description="Runs each submission in a fresh kernel in smoke mode and calls every exercise's "
+                       "checker on the student's function. Hidden checks: HIDDEN/NN_slug.py holds "
+                       "@vnas.checks.checker functions named check_..., whose first parameter is named after the "
+                       "student's function; an optional POINTS = {'exercise': points} sets points (default 1).")
+    g.add_argument("submissions", help="a folder with one folder per student")
+    g.add_argument("--out", default="grades.csv", help="the CSV: student, chapter, exercise, points, status, reason")
+    g.add_argument("--hidden", help="a folder of hidden checks, HIDDEN/NN_slug.py")
+    g.add_argument("--only", nargs="*", help="grade only chapters whose name contains one of these (default: "
+                   "every chapter someone handed in; students without the file get 'not attempted')")
+    g.add_argument("--timeout", type=int, default=120, help="per-cell timeout in seconds (default 120)")
+    g.set_defaults(run=_grade)
     return p
 
 
