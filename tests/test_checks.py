@@ -125,6 +125,25 @@ def eot_right(model, x, y, samples):
     return sum(_input_grad(model, x, y) for _ in range(samples)) / samples
 
 
+def conv_macs_right(c_in, c_out, k, h, w, stride=1, padding=0, dilation=1, groups=1):
+    h_out = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    w_out = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    return k * k * (c_in // groups) * c_out * h_out * w_out
+
+
+def _average_ranks(v):
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - counts + (1 + counts) / 2)[inverse.reshape(-1)]
+
+
+def spearman_right(x, y):
+    return float(np.corrcoef(_average_ranks(x), _average_ranks(y))[0, 1])
+
+
+def percentile_rank_right(all_acc, acc):
+    return float(100 * (np.sum(all_acc < acc) + 0.5 * np.sum(all_acc == acc)) / len(all_acc))
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError
 
@@ -139,6 +158,8 @@ CHECKERS = {
     "check_mean_field_kl": mean_field_kl_right,
     "check_local_reparameterisation": local_reparam_right, "check_coupled_kl": coupled_kl_right,
     "check_fgsm": fgsm_right, "check_l2_projection": l2_projection_right, "check_eot_gradient": eot_right,
+    "check_conv_macs": conv_macs_right, "check_spearman": spearman_right,
+    "check_percentile_rank": percentile_rank_right,
 }
 
 
@@ -587,3 +608,103 @@ def test_mean_field_kl_checker_rejects(answer, message):
 
 def test_mean_field_kl_accepts_log1p():
     assert checks.check_mean_field_kl(_mean_field(sigma_of=lambda rho: torch.log1p(torch.exp(rho)))).passed
+
+
+# --- chapter 08: a convolution's multiply-adds, Spearman's rho with ties, the percentile rank ---------------
+
+def _conv_with(out_size=None, factor=1, groups_used=True, k_power=2):
+    """conv_macs with one slip: ``out_size(n, k, s, p, d)`` for the output side, a factor, groups ignored, k^1."""
+    def macs(c_in, c_out, k, h, w, stride=1, padding=0, dilation=1, groups=1):
+        size = out_size or (lambda n, k, s, p, d: (n + 2 * p - d * (k - 1) - 1) // s + 1)
+        c = c_in // groups if groups_used else c_in
+        return factor * k ** k_power * c * c_out * size(h, k, stride, padding, dilation) * \
+            size(w, k, stride, padding, dilation)
+    return macs
+
+
+@pytest.mark.parametrize("answer, message", [
+    (_conv_with(factor=2), "counts one multiplication and its addition together"),
+    (_conv_with(groups_used=False), "divide C_in by groups"),
+    (_conv_with(out_size=lambda n, k, s, p, d: n + 2 * p - d * (k - 1)), "the stride is missing"),
+    (_conv_with(out_size=lambda n, k, s, p, d: n), "counts the output at the input's size"),
+    (_conv_with(out_size=lambda n, k, s, p, d: -(-(n + 2 * p - d * (k - 1) - 1) // s) + 1), "rounds down (floor)"),
+    (_conv_with(out_size=lambda n, k, s, p, d: (n + 2 * p - (k - 1) - 1) // s + 1), "the dilation is missing"),
+    (_conv_with(out_size=lambda n, k, s, p, d: (n - d * (k - 1) - 1) // s + 1), "the padding is missing"),
+    (_conv_with(out_size=lambda n, k, s, p, d: -(-n // s)), "'same' padding"),
+    (_conv_with(k_power=1), "k² weights per input channel"),
+    (lambda *args: conv_macs_right(*args) + 0.5, "not a whole number"),
+    (lambda *args: conv_macs_right(*args) + 1, "compare with Eqs. (8.1)-(8.2)"),
+])
+def test_conv_macs_checker_rejects(answer, message):
+    _wrong(checks.check_conv_macs, answer, message)
+
+
+def _ordinal(v):
+    ranks = np.empty(len(v))
+    ranks[np.argsort(v, kind="stable")] = np.arange(1, len(v) + 1)
+    return ranks
+
+
+def _no_ties_shortcut(rank):
+    def rho(x, y):
+        d = rank(x) - rank(y)
+        return 1 - 6 * np.sum(d ** 2) / (len(x) * (len(x) ** 2 - 1))
+    return rho
+
+
+def _min_ranks(v):
+    return np.searchsorted(np.sort(v), v, side="left") + 1.0
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda x, y: float(np.corrcoef(x, y)[0, 1]), "Pearson's correlation of the values themselves"),
+    (lambda x, y: float(np.corrcoef(_ordinal(x), _ordinal(y))[0, 1]), "tied values got different ranks"),
+    (lambda x, y: float(np.corrcoef(np.argsort(x), np.argsort(y))[0, 1]), "is the order"),
+    (lambda x, y: float(np.corrcoef(_min_ranks(x), _min_ranks(y))[0, 1]), "lowest rank of their group"),
+    (_no_ties_shortcut(_average_ranks), "holds only without ties"),
+    (_no_ties_shortcut(_ordinal), "tied values got different ranks"),  # = Pearson's r of ordinal ranks
+    (lambda x, y: -spearman_right(x, y), "the sign is flipped"),
+    (lambda x, y: (spearman_right(x, y), 0.01), "return only the correlation coefficient"),
+    (lambda x, y: spearman_right(x, y) * 0.99, "compare with Eq. (8.3)"),
+])
+def test_spearman_checker_rejects(answer, message):
+    _wrong(checks.check_spearman, answer, message)
+
+
+def _sorting_in_place(all_acc, acc):
+    all_acc.sort()
+    return percentile_rank_right(all_acc, acc)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda a, acc: percentile_rank_right(a, acc) / 100, "multiply by 100"),
+    (lambda a, acc: 100 * np.sum(a < acc) / len(a), "strictly below count"),
+    (lambda a, acc: 100 * np.sum(a <= acc) / len(a), "count fully there"),
+    (lambda a, acc: 100 - percentile_rank_right(a, acc), "counts the cells above"),
+    (lambda a, acc: 100 * (np.sum(a < acc) + 0.5 * np.sum(a == acc)) / (len(a) - 1), "not N − 1"),
+    (lambda a, acc: percentile_rank_right(np.unique(a), acc), "distinct accuracies"),
+    (lambda a, acc: 100 * (np.sum(a < acc) + (np.sum(a == acc) + 1) / 2) / len(a), "half a cell more"),
+    (_sorting_in_place, "changed the array"),
+    (lambda a, acc: percentile_rank_right(a, acc) + 0.1, "compare with Eq. (8.5)"),
+])
+def test_percentile_rank_checker_rejects(answer, message):
+    _wrong(checks.check_percentile_rank, answer, message)
+
+
+def test_chapter_08_checkers_accept_torch_and_list_style_answers():
+    assert checks.check_spearman(lambda x, y: torch.tensor(spearman_right(x, y))).passed
+    assert checks.check_percentile_rank(lambda a, acc: np.float32(percentile_rank_right(a, acc))).passed
+    assert checks.check_conv_macs(lambda *args: float(conv_macs_right(*args))).passed
+
+
+def test_chapter_08_references_agree_with_scipy():
+    """The checkers compute their references with numpy (scipy is no dependency of vnas); scipy agrees."""
+    stats = pytest.importorskip("scipy.stats")
+    from vnas.checks import imagenet
+
+    for x, y, _ in imagenet._spearman_cases():
+        assert math.isclose(spearman_right(x, y), stats.spearmanr(x, y).statistic, rel_tol=1e-12)
+        for kind in ("average", "min", "max", "dense"):
+            np.testing.assert_array_equal(imagenet._ranks(x, kind), stats.rankdata(x, method=kind))
+    for table, acc, _ in imagenet._percentile_cases():
+        assert math.isclose(percentile_rank_right(table, acc), stats.percentileofscore(table, acc, kind="mean"))

@@ -1,7 +1,7 @@
 """The DARTS network for ImageNet in the mobile setting: 14 cells, C=48, under 600 M multiply-adds at 224x224.
 
 The CIFAR skeleton of ``vnas.spaces.darts_net`` (its cells, drop-path and reduction positions) with what
-224x224 images need (Liu et al., ICLR 2019, Table 2 and appendix A.2; quark0/darts ``cnn/model.py``,
+224x224 images need (Liu et al., ICLR 2019, Table 3 and appendix A.2; quark0/darts ``cnn/model.py``,
 ``NetworkImageNet``, Apache-2.0):
 
 - a stem of three stride-2 3x3 convolutions, 224 -> 28: ``stem0`` (3 -> C/2 -> C channels, to 56x56) and
