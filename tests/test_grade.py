@@ -248,7 +248,7 @@ def test_a_class_is_graded_row_by_row_whatever_the_submissions_do(tmp_path, refe
         f"@checker\ndef check_smoke_mode({first.function}):\n"
         "    require(config.mode() == 'smoke', f'graded in {config.mode()} mode')\n    return 'smoke mode'\n")
 
-    rows = grade.grade(subs, hidden, timeout=20, chapters_dir=reference)
+    rows = grade.grade(subs, hidden, timeout=12, chapters_dir=reference)
     out = grade.write_csv(rows, tmp_path / "grades.csv")
     by = {}
     for r in rows:
@@ -288,23 +288,19 @@ def test_a_class_is_graded_row_by_row_whatever_the_submissions_do(tmp_path, refe
 
 @pytest.mark.slow
 def test_grade_command_on_a_real_chapter(tmp_path, capsys):
-    """The command as a teacher runs it, on chapter 00 itself (its answer) and a copy of the handed-out stub."""
-    path = book.CHAPTERS_DIR / "00_welcome.py"
-    (tmp_path / "subs" / "ada").mkdir(parents=True)
-    (tmp_path / "subs" / "bob").mkdir()
-    (tmp_path / "subs" / "ada" / path.name).write_text(path.read_text())
+    """The command as a teacher runs it, on chapter 00 itself saved as a notebook (the stubs' "not attempted" is
+    the combined test's)."""
     import jupytext
 
-    jupytext.write(jupytext.reads(book.strip_solutions(path.read_text()), fmt="py:percent"),
-                   tmp_path / "subs" / "bob" / "00_welcome.ipynb")
+    path = book.CHAPTERS_DIR / "00_welcome.py"
+    (tmp_path / "subs" / "ada").mkdir(parents=True)
+    jupytext.write(jupytext.read(path), tmp_path / "subs" / "ada" / "00_welcome.ipynb")
     assert cli.main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "grades.csv")]) == 0
     with open(tmp_path / "grades.csv") as fh:
         rows = list(csv.DictReader(fh))
     n = len(grade.exercises(path))
-    assert [r["status"] for r in rows if r["student"] == "ada"] == ["passed"] * n
-    assert [r["status"] for r in rows if r["student"] == "bob"] == ["not attempted"] * n
-    out = capsys.readouterr().out
-    assert f"ada: {n} points" in out and "bob: 0 points" in out
+    assert n >= 3 and [(r["student"], r["status"], r["points"]) for r in rows] == [("ada", "passed", "1")] * n
+    assert f"ada: {n} points" in capsys.readouterr().out
 
 
 def test_the_readme_hidden_check_example_is_valid_and_grades(tmp_path):
