@@ -428,7 +428,13 @@ def nbgrader_notebook(chapter: Path, hidden: Path | None = None):
     notebook = jupytext.read(chapter)
     by_function = {e.function: e for e in own}
     tested: set[str] = set()
-    hidden_defined = False
+    pending = [source.rstrip()] if source else []  # the hidden file's definitions, in the first hidden block
+
+    def hidden_block(function: str, extra: list[Exercise]) -> str:
+        lines = pending + [f"{e.checker}({function})" for e in extra]
+        pending.clear()
+        return "### BEGIN HIDDEN TESTS\n" + "\n".join(lines) + "\n### END HIDDEN TESTS"
+
     for number, cell in enumerate(notebook.cells, 1):
         if cell.cell_type != "code":
             continue
@@ -444,9 +450,7 @@ def nbgrader_notebook(chapter: Path, hidden: Path | None = None):
             function = calls[0][1]
             extra = [e for e in todo if e.hidden and e.function == function]
             if extra:
-                block = ([source.rstrip()] if not hidden_defined else []) + [f"{e.checker}({function})" for e in extra]
-                hidden_defined = True
-                cell.source += "\n\n### BEGIN HIDDEN TESTS\n" + "\n".join(block) + "\n### END HIDDEN TESTS"
+                cell.source += "\n\n" + hidden_block(function, extra)
             points = by_function[function].points + sum(e.points for e in extra)
             cell.metadata["nbgrader"] = _nbgrader(f"test_{function}", points=points)
             tested.add(function)
@@ -456,9 +460,7 @@ def nbgrader_notebook(chapter: Path, hidden: Path | None = None):
     orphans = [e for e in todo if e.hidden and e.function not in by_function]
     for function in dict.fromkeys(e.function for e in orphans):
         extra = [e for e in orphans if e.function == function]
-        block = ([source.rstrip()] if not hidden_defined else []) + [f"{e.checker}({function})" for e in extra]
-        hidden_defined = True
-        cell = nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\n" + "\n".join(block) + "\n### END HIDDEN TESTS")
+        cell = nbformat.v4.new_code_cell(hidden_block(function, extra))
         cell.metadata["nbgrader"] = _nbgrader(f"hidden_{function}", points=sum(e.points for e in extra))
         notebook.cells.append(cell)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
