@@ -108,7 +108,8 @@ class Trainer(runs.EpochLoop):
         self.test_batches = data.Batches(d.x_test[te], d.y_test[te], 256, train=False, **common)
         self._test_images, self._test_labels, self._common = d.x_test[te], d.y_test[te], common
         # the L2 term is in the objective (objectives.weight_terms), not in the optimiser
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         **runs.optimizer_options(self.device))  # fused on CUDA
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(cfg.epochs, 1),
                                                                     eta_min=cfg.lr_min)
         self.watch = runs.FiniteWatch(self.device)
