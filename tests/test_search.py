@@ -281,6 +281,57 @@ def test_a_step_reads_nothing_back_per_edge(method, space, per_step, tiny_data, 
     assert s.watch.watch(2, {"weight": weights["objective"]}) is None and reads.count == 2 * per_step + 1
 
 
+@pytest.mark.parametrize("method, space, order, sparse_reads", [
+    ("darts", "darts", "first", 0), ("darts", "darts", "second", 0), ("drnas", "darts", "first", 0),
+    ("variational", "nb201", "first", 0), ("gdas", "darts", "first", 4)])
+def test_the_inner_loop_reads_nothing_back_per_step_anywhere(method, space, order, sparse_reads, tiny_data,
+                                                             monkeypatch):
+    """Whole epochs of the CUDA configuration (fused optimisers, the finite watch read once per epoch), run on the
+    CPU with every read of a tensor counted, torch's own included (vnas.hostreads): the reads per step are the
+    difference between an epoch of 3 steps and one of 1, halved. Dense methods read nothing per step; GDAS reads
+    which ops its one-hot samples run (one read per sample and cell type), and nothing else."""
+    from vnas.hostreads import count_host_reads
+
+    cuda = runs.optimizer_options
+    monkeypatch.setattr(runs, "optimizer_options", lambda device, sparse=False: cuda(torch.device("cuda"), sparse))
+    s = search.Search(make(method, space, order=order, epochs=4), dataset=tiny_data, device=torch.device("cpu"),
+                      progress=False)
+    assert s.arch_optimizer.defaults["fused"] and s.optimizer.defaults["foreach" if sparse_reads else "fused"]
+    s.watch = runs.FiniteWatch("cpu", every=0)  # as on CUDA
+
+    def reads(steps):
+        s.cfg.steps_per_epoch = steps
+        with count_host_reads("cpu") as found:
+            s.train_epoch()
+        return found["reads"]
+
+    reads(1)  # warm-up: lazily built state (optimiser buffers) is read once
+    one, three = reads(1), reads(3)
+    per_step = {site: (three[site] - one.get(site, 0)) / 2 for site in three if three[site] != one.get(site, 0)}
+    if not sparse_reads:
+        assert per_step == {}, per_step
+    else:
+        assert all("supernet.py" in site[1] and "(active)" in site[1] or "dictcomp" in site[1] for site in per_step), \
+            per_step
+        assert sum(per_step.values()) == sparse_reads, per_step
+
+
+def test_the_host_read_count_sees_a_read_per_step(tiny_data, monkeypatch):
+    """The counter can fail: the plain Adam's step count (a CPU tensor read with .item()) and the finite watch's
+    CPU read are reads per step."""
+    from vnas.hostreads import count_host_reads
+
+    s = search.Search(make("darts", "darts", epochs=4), dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    counts = []
+    for steps in (1, 1, 3):
+        s.cfg.steps_per_epoch = steps
+        with count_host_reads("cpu") as found:
+            s.train_epoch()
+        counts.append(found["reads"])
+    sites = {site[1] for site in counts[2] if counts[2][site] != counts[1].get(site, 0)}
+    assert any("optimizer.py" in site for site in sites) and any("runs.py" in site for site in sites), sites
+
+
 def _cli_search(out, epochs, extra=()):
     env = {**os.environ, "VNAS_MODE": "smoke", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "vnas", "search", "--space", "nb201", "--method", "variational", "--mode", "smoke",

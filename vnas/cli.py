@@ -31,6 +31,19 @@ def _set_mode(args) -> None:
     config.mode()  # validate early
 
 
+def _group(kind: str):
+    """The processes torchrun started (one without torchrun), and a print that only rank 0 uses."""
+    from vnas import distributed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and kind != "search":
+        raise distributed.DistributedError(
+            f"`{kind}` runs in one process; several processes (torchrun, WORLD_SIZE={world}) are for "
+            "`python -m vnas search` and for resuming a search. Run it with `python -m vnas ...` instead.")
+    group = distributed.Group.from_env()
+    return group, (print if group.main else (lambda *a, **k: None))
+
+
 def _search(args) -> int:
     from vnas import config, search
 
@@ -38,11 +51,17 @@ def _search(args) -> int:
     cfg = search.load_search_config(args.space, Path(args.config) if args.config else None, method=args.method,
                                     seed=args.seed, epochs=args.epochs, weights=args.weights,
                                     weight_prior=args.weight_prior)
-    print(config.banner())
-    run = search.start(cfg, Path(args.out), overwrite=args.overwrite)
-    print(f"search: {cfg.method} on {cfg.space}, {cfg.epochs} epochs -> {args.out}")
-    run.fit()
-    print(f"genotype: {run.genotype()}")
+    group, say = _group("search")
+    try:
+        say(config.banner())
+        run = search.start(cfg, Path(args.out), overwrite=args.overwrite, group=group, progress=group.main)
+        say(f"search: {cfg.method} on {cfg.space}, {cfg.epochs} epochs -> {args.out}"
+            + (f" ({group.world} processes, {cfg.batch_size // group.world} images each per step)"
+               if group.world > 1 else ""))
+        run.fit(log=say)
+        say(f"genotype: {run.genotype()}")
+    finally:
+        group.close()
     return 0
 
 
@@ -50,12 +69,17 @@ def _resume(args) -> int:
     from vnas import runs, search, train
 
     kind = runs.RunDir(Path(args.dir)).read_json("config.json").get("kind")
-    module = train if kind == "train" else search
-    job = module.resume(Path(args.dir), trust_checkpoint=args.trust_checkpoint)
-    print(f"resuming {args.dir} after epoch {job.epoch} of {job.cfg.epochs}")
-    job.fit()
-    if kind != "train":
-        print(f"genotype: {job.genotype()}")
+    group, say = _group(kind or "search")
+    try:
+        extra = {"group": group, "progress": group.main} if kind != "train" else {}
+        module = train if kind == "train" else search
+        job = module.resume(Path(args.dir), trust_checkpoint=args.trust_checkpoint, **extra)
+        say(f"resuming {args.dir} after epoch {job.epoch} of {job.cfg.epochs}")
+        job.fit(log=say)
+        if kind != "train":
+            say(f"genotype: {job.genotype()}")
+    finally:
+        group.close()
     return 0
 
 
@@ -73,6 +97,7 @@ def _train(args) -> int:
     from vnas import config, train
 
     _set_mode(args)
+    _group("train")  # refused under torchrun
     cfg = train.load_train_config(args.genotype, Path(args.config) if args.config else None, seed=args.seed,
                                   epochs=args.epochs, weights=args.weights, weight_prior=args.weight_prior)
     print(config.banner())
@@ -304,12 +329,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from vnas.book import ChapterError
+    from vnas.distributed import DistributedError
     from vnas.runs import RunError
 
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, RunError, ChapterError, FloatingPointError) as err:
+    except (ValueError, RunError, ChapterError, FloatingPointError, DistributedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

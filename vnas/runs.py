@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vnas import config
+from vnas import config, distributed
 
 CHECKPOINT = "checkpoint.pt"
 # The layout of a run folder (config.json keys, checkpoint contents, history rows). Layout 1 (before the
@@ -208,6 +208,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def optimizer_options(device: torch.device, sparse: bool = False) -> dict:
+    """Keyword arguments for the runs' SGD and Adam: the fused kernels on CUDA (one launch per step for all
+    the tensors, and Adam's step count kept on the GPU, so no host read); the plain loop elsewhere, whose
+    results the stored runs were made with. ``sparse``: some weights get no gradient at some steps (a one-hot
+    θ), which torch's fused SGD refuses once their neighbours have momentum; the multi-tensor (foreach) loop
+    takes them, also without a host read. Introduced in chapters/06_full_search.py."""
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"foreach": True} if sparse else {"fused": True}
+
+
 class NonFiniteError(FloatingPointError):
     """A NaN or infinite objective or parameter; the last good checkpoint is kept."""
 
@@ -270,10 +281,14 @@ class EpochMeans:
             self.sums[key] = v if key not in self.sums else self.sums[key] + v
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def means(self) -> dict[str, dict[str, float | list]]:
+    def means(self, group: distributed.Group | None = None) -> dict[str, dict[str, float | list]]:
+        """The means over the epoch's steps (and over the processes of ``group``: each saw its own shard)."""
         if not self.sums:
             return {}
-        flat = torch.cat([v.reshape(-1) for v in self.sums.values()]).tolist()  # the one read back
+        flat = torch.cat([v.reshape(-1) for v in self.sums.values()])
+        if group is not None:
+            group.mean_([flat])
+        flat = flat.tolist()  # the one read back
         out: dict[str, dict[str, float | list]] = {}
         i = 0
         for (group, name), total in self.sums.items():
@@ -298,11 +313,18 @@ class EpochLoop:
 
     KIND: str
     CONFIG: type
+    group = distributed.Group()  # one process; a search under torchrun sets its own (rank 0 writes the folder)
 
     @classmethod
     def start(cls, cfg, out: Path, overwrite: bool = False, run_mode: str | None = None, **kw):
-        """A new run backed by the run folder ``out`` (refused if it already holds a run)."""
-        run = RunDir.create(out, cls.KIND, config.config_dict(cfg), run_mode or config.mode(), overwrite=overwrite)
+        """A new run backed by the run folder ``out`` (refused if it already holds a run). Under torchrun
+        (``group=`` a ``distributed.Group``) only rank 0 creates and writes the folder."""
+        group = kw.get("group") or distributed.Group()
+        run = None
+        if group.main:
+            run = RunDir.create(out, cls.KIND, config.config_dict(cfg), run_mode or config.mode(), overwrite=overwrite)
+            if group.world > 1:
+                run.update_manifest(processes=group.world)
         job = cls(cfg, run=run, **kw)
         job.started()
         return job
@@ -316,6 +338,12 @@ class EpochLoop:
                 **self.model_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        made_by = len(state.get("rng_ranks") or [None])
+        if made_by != self.group.world:
+            raise RunError(f"This run was made by {made_by} process(es) and is resumed by {self.group.world}: each "
+                           "process's batches and random draws depend on the count. Resume it with "
+                           + (f"`torchrun --nproc-per-node={made_by} -m vnas resume DIR`." if made_by > 1
+                              else "`python -m vnas resume DIR` (one process)."))
         try:
             self.load_model_state(state)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -323,7 +351,7 @@ class EpochLoop:
         except (KeyError, RuntimeError, ValueError) as err:
             raise RunError(f"The checkpoint does not fit this run's config ({type(err).__name__}: {err}).") from err
         self.epoch, self.history = state["epoch"], list(state["history"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng_ranks"][self.group.rank] if self.group.world > 1 else state["rng"])
 
     @classmethod
     def resume(cls, out: Path, trust_checkpoint: bool = False, **kw):
@@ -331,6 +359,7 @@ class EpochLoop:
 
         ``trust_checkpoint=True`` loads a checkpoint that safe loading refuses (see ``RunDir.load_checkpoint``)."""
         run = RunDir(out)
+        group = kw.get("group") or distributed.Group()
         if not Path(out).is_dir():
             raise RunError(f"{out} is not a folder; give the --out folder of a {cls.KIND} run.")
         saved = run.read_json("config.json")
@@ -341,9 +370,11 @@ class EpochLoop:
             raise RunError(older_layout(run.path, layout))
         saved.pop("mode", None)
         state = run.load_checkpoint(map_location=kw.get("device") or config.device(), trust=trust_checkpoint)
-        job = cls(config.from_dict(cls.CONFIG, saved, str(run.path / "config.json")), run=run, **kw)
+        job = cls(config.from_dict(cls.CONFIG, saved, str(run.path / "config.json")), run=run if group.main else None,
+                  **kw)
         job.load_state_dict(state)
-        run.write_history(job.history)  # the checkpoint's history is the truth
+        if group.main:
+            run.write_history(job.history)  # the checkpoint's history is the truth
         return job
 
     def _autocast(self):
@@ -398,7 +429,13 @@ class EpochLoop:
 
     def save_epoch(self) -> None:
         """Checkpoint, then history: a kill between the two leaves a checkpoint whose own copy of the history
-        is the truth (resume rewrites history.jsonl from it)."""
+        is the truth (resume rewrites history.jsonl from it). Under torchrun every rank's RNG state goes into
+        rank 0's checkpoint, so that each rank resumes its own random draws."""
+        ranks = self.group.gather(rng_state()) if self.group.world > 1 else None
         if self.run is not None:
-            self.run.save_checkpoint(self.state_dict())
+            state = self.state_dict()
+            if ranks is not None:
+                state["rng_ranks"] = ranks
+            self.run.save_checkpoint(state)
             self.run.write_history(self.history)
+        self.group.barrier()  # no rank runs ahead of a checkpoint that it may have to resume from

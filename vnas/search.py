@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vnas import bayes, config, data, metrics, objectives, posteriors, runs, spaces
+from vnas import bayes, config, data, distributed, metrics, objectives, posteriors, runs, spaces
 from vnas.runs import NonFiniteError
 
 
@@ -40,7 +40,8 @@ class SearchConfig:
     partial_channels: int = 1  # PC-DARTS: 1/K of the channels enter each mixed op (1 = off)
     images_per_class: int = 0  # 0: the whole training set; else a class-balanced subset, split in two halves
     image_size: int = 32  # < 32: images averaged down to this side (16: NB201's ImageNet16 resolution)
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: with K processes (torchrun) each takes batch_size / K images
+    accumulate: int = 1  # gradients averaged over this many equal micro-batches of each batch (BN per micro-batch)
     epochs: int = 50
     steps_per_epoch: int = 0  # 0: one pass over the search-train half
     eval_batches: int = 0  # validation batches for the per-epoch accuracy (0: all)
@@ -77,11 +78,14 @@ class SearchConfig:
             raise ValueError(f"Method {self.method!r} is defined for the spaces {method.spaces}, not {self.space!r}.")
         if self.order not in ("first", "second"):
             raise ValueError(f"order={self.order!r}: use 'first' or 'second'.")
-        for name in ("layers", "channels", "partial_channels", "batch_size"):
+        for name in ("layers", "channels", "partial_channels", "batch_size", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.epochs < 0 or self.steps_per_epoch < 0 or self.images_per_class < 0 or self.hessian_every < 0:
             raise ValueError("epochs, steps_per_epoch, images_per_class and hessian_every must be >= 0.")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"accumulate={self.accumulate} must divide batch_size={self.batch_size}: each batch is "
+                             "cut into that many equal micro-batches.")
         if self.hessian_batches < 1:
             raise ValueError(f"hessian_batches={self.hessian_batches} must be >= 1.")
         if self.image_size not in (8, 16, 32):
@@ -155,9 +159,16 @@ class Search(runs.EpochLoop):
     KIND, CONFIG = "search", SearchConfig
 
     def __init__(self, cfg: SearchConfig, run: runs.RunDir | None = None, dataset: data.Cifar10 | None = None,
-                 device: torch.device | None = None, progress: bool = True):
+                 device: torch.device | None = None, progress: bool = True, group: distributed.Group | None = None):
         self.cfg, self.run, self.progress = cfg, run, progress
-        self.device = device or config.device()
+        self.group = group or distributed.Group()  # one process, or rank r of K under torchrun (vnas.distributed)
+        self.device = self.group.device(device or config.device())
+        # each rank's share of a batch, cut into micro-batches: an error now if the world does not divide it
+        self._shard = self.group.shard_size(cfg.batch_size)
+        if self._shard % cfg.accumulate:
+            raise distributed.DistributedError(
+                f"batch_size={cfg.batch_size} over {self.group.world} processes leaves {self._shard} images per "
+                f"process, which accumulate={cfg.accumulate} micro-batches do not divide.")
         self.space = spaces.get_space(cfg.space)
         config.setup(cfg.seed)
         self.dataset = dataset or data.load_cifar10()
@@ -174,14 +185,19 @@ class Search(runs.EpochLoop):
         self._variational = {id(p) for _, m in bayes.variational_layers(self.supernet) for p in m.parameters()}
         self.posterior = posteriors.build_posterior(cfg.method, self.space, **cfg.posterior).to(self.device)
         # the L2 terms are in the objectives (objectives.architecture_terms / weight_terms), not here
+        # one kernel per optimiser step on CUDA, and no host read (vnas.runs.optimizer_options)
         self.arch_optimizer = (torch.optim.Adam(self.posterior.parameters(), lr=cfg.arch_lr,
-                                                betas=tuple(cfg.arch_betas)) if self.posterior.trained else None)
-        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+                                                betas=tuple(cfg.arch_betas), **runs.optimizer_options(self.device))
+                               if self.posterior.trained else None)
+        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         **runs.optimizer_options(self.device, sparse=self.posterior.sparse))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(cfg.epochs, 1),
                                                                     eta_min=cfg.lr_min)
         self.watch = runs.FiniteWatch(self.device)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
+        if self.group.world > 1:  # the same initial weights on every rank, then each its own sampling noise
+            torch.manual_seed(distributed.rank_seed(cfg.seed, self.group.rank))
 
     def _make_data(self) -> None:
         cfg, d = self.cfg, self.dataset
@@ -206,6 +222,16 @@ class Search(runs.EpochLoop):
         """Which ops run: only a sparse distribution's samples have exact zeros worth skipping."""
         return self.supernet.active(theta) if self.posterior.sparse else None
 
+    def _local(self, batch):
+        """This process's shard of a global batch (all of it in one process)."""
+        return self.group.shard(batch, self._shard)
+
+    def _micro(self, batch) -> list:
+        """This process's shard of a global batch cut into ``accumulate`` micro-batches."""
+        x, y = self._local(batch)
+        k = self.cfg.accumulate
+        return [(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k), strict=True))
+
     def architecture_step(self, train_batch, val_batch, xi: float) -> dict:
         """One Adam step on the architecture objective, Eq. (4.2); returns its terms.
 
@@ -214,13 +240,20 @@ class Search(runs.EpochLoop):
         self.arch_optimizer.zero_grad(set_to_none=True)
         theta = self.posterior.sample()  # one reparameterised sample per edge, shared by the whole step
         active = self._active(theta)
+        micro = list(zip(self._micro(train_batch), self._micro(val_batch), strict=True))
+        grads, nlls = [], []
         # finite differences need full precision: no bf16 for the second-order step
         with self._autocast() if self.cfg.order == "first" else contextlib.nullcontext():
-            if self.cfg.order == "first":
-                grad_theta, nll = objectives.first_order_gradient(self.supernet, theta, val_batch, active)
-            else:
-                grad_theta, nll = objectives.second_order_gradient(self.supernet, theta, train_batch, val_batch, xi,
-                                                                   active=active)
+            for train_part, val_part in micro:  # with micro-batches (or processes), the mean of their gradients
+                if self.cfg.order == "first":
+                    g, n = objectives.first_order_gradient(self.supernet, theta, val_part, active)
+                else:  # each micro-batch takes its own virtual step: the unrolled step on its share of the data
+                    g, n = objectives.second_order_gradient(self.supernet, theta, train_part, val_part, xi,
+                                                            active=active)
+                grads.append(g)
+                nlls.append(n)
+        grad_theta, nll = (grads[0], nlls[0]) if len(micro) == 1 else (
+            {c: torch.stack([g[c] for g in grads]).mean(0) for c in grads[0]}, torch.stack(nlls).mean())
         weight_kl = None
         if isinstance(self.weight_prior, bayes.CoupledPrior):  # E_q(θ)[KL(q(w) || p(w | θ))] depends on q(θ) too
             weight_kl = objectives.weight_kl(self.supernet, self.weight_prior, theta, detach_q=True)
@@ -228,6 +261,8 @@ class Search(runs.EpochLoop):
                                               weight_kl_weight=self._weight_kl_weight)
         # the NLL's gradient reaches α through θ; the penalty (KL / N, L2 on α) carries its own
         (objectives.pullback(theta, grad_theta) + terms["penalty"]).backward()
+        # by hand: the posterior is outside the supernet, and θ's NLL gradient came from autograd.grad
+        self.group.mean_([p.grad for p in self.posterior.parameters()])
         self.arch_optimizer.step()
         return terms
 
@@ -241,17 +276,22 @@ class Search(runs.EpochLoop):
         selects plus the L2 of that network's weights (every weight for a dense θ; for a one-hot θ only the
         sampled ops', as the SGD weight decay of GDAS and random search skips weights without a gradient).
         Returns its terms and the logits."""
-        x, y = train_batch
         with torch.no_grad():
             theta = {k: v.detach() for k, v in self.posterior.sample().items()}
         active = self._active(theta)
-        with self._autocast():
-            logits = self.supernet(x, theta, active)
-            nll = objectives.expected_nll(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        nll.backward()
+        micro = self._micro(train_batch)
+        logits, nlls = [], []
+        for x, y in micro:  # with micro-batches, the mean of their NLLs (each BN sees its own micro-batch)
+            with self._autocast():
+                out = self.supernet(x, theta, active)
+                nll = objectives.expected_nll(out, y)
+            (nll if len(micro) == 1 else nll / len(micro)).backward()
+            logits.append(out.detach())
+            nlls.append(nll.detach())
+        nll = nlls[0] if len(micro) == 1 else torch.stack(nlls).mean()
         # the weights of the network that θ selects: all of them for a dense θ, the sampled ops' for a one-hot one
-        used = [p for p in self.supernet.parameters() if p.grad is not None]
+        used = self._mean_weight_gradients()
         torch.nn.utils.clip_grad_norm_(used, self.cfg.grad_clip)  # the data term's gradient is clipped (DARTS) ...
         # Bayesian weights have their prior in the KL, which replaces the L2 term; point tensors keep it
         point = [p for p in used if id(p) not in self._variational]
@@ -260,7 +300,28 @@ class Search(runs.EpochLoop):
                                         weight_kl_weight=self._weight_kl_weight)
         terms["penalty"].backward()  # ... and the L2 and KL terms' are added after, where SGD adds its weight decay
         self.optimizer.step()
-        return terms, logits.detach()
+        return terms, logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _mean_weight_gradients(self) -> list[torch.Tensor]:
+        """The weights with a gradient, their gradients averaged over the processes (before clipping, as one
+        process with the whole batch would clip). A weight that no process used keeps no gradient, so SGD leaves
+        it (and its momentum) alone; with a one-hot θ the processes use different ops, so which were used is
+        averaged too: one host read per step, for sparse distributions under torchrun only."""
+        params = list(self.supernet.parameters())
+        if self.group.world == 1:
+            return [p for p in params if p.grad is not None]
+        flags = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.group.mean_([p.grad for p in params] + [flags])
+        if not self.posterior.sparse:
+            return params
+        used = flags.gt(0).tolist()
+        for p, u in zip(params, used, strict=True):
+            if not u:
+                p.grad = None
+        return [p for p, u in zip(params, used, strict=True) if u]
 
     # --- one epoch ---
     def train_epoch(self, on_step=None) -> dict:
@@ -293,17 +354,19 @@ class Search(runs.EpochLoop):
                 weights["kl_weight"] = torch.tensor(self._weight_kl_weight)
                 watched["weight_kl"] = weights["weight_kl"]
             means.add("weights", weights)
-            means.add("train", {"acc": (logits.argmax(1) == train_batch[1]).float().mean()})
+            means.add("train", {"acc": (logits.argmax(1) == self._local(train_batch)[1]).float().mean()})
             watched["weight"] = weights["objective"]
             self.check(self.watch.watch(step, watched, self.posterior.valid()))
             if on_step is not None:
                 on_step()
         self.check(self.watch.bad())  # on CUDA the only read back of the epoch
         self.scheduler.step()
+        self._sync_buffers()
         self.posterior.end_epoch(self.score_theta)
+        self._sync_posterior()
         val = self.evaluate()
         self.epoch += 1
-        terms = means.means()
+        terms = means.means(self.group)
         row = {"epoch": self.epoch, "lr": lr, "steps": steps,
                "train_loss": terms["weights"]["nll"], "train_acc": terms["train"]["acc"],
                "val_loss": val["nll"], "val_acc": val["acc"],
@@ -323,6 +386,21 @@ class Search(runs.EpochLoop):
         row["seconds"] = time.perf_counter() - start
         self.history.append(row)
         return row
+
+    def _sync_buffers(self) -> None:
+        """Every process's BN running statistics replaced by their mean (each rank saw only its shard), so that
+        all ranks evaluate, and rank 0 saves, one network."""
+        self.group.mean_([b for b in self.supernet.buffers() if b.is_floating_point()])
+
+    def _sync_posterior(self) -> None:
+        """Rank 0's distribution on every rank after the epoch hook (a random search draws its candidates per
+        rank; the learned parameters are equal already, their gradients having been averaged)."""
+        if self.group.world > 1:
+            state = self.group.broadcast({k: v.cpu() if torch.is_tensor(v) else v
+                                          for k, v in self.posterior.state_dict().items()}
+                                         if self.group.main else None)
+            if not self.group.main:
+                self.posterior.load_state_dict(state)
 
     def diagnose(self) -> str:
         found = []
