@@ -31,7 +31,7 @@ from torch import nn
 import vnas
 from vnas import networks, plots, results, spaces, sweep
 from vnas.spaces import darts
-from vnas.spaces.darts_imagenet import MOBILE_MACS, build_imagenet_network
+from vnas.spaces.darts_imagenet import MOBILE_MACS
 
 vnas.setup(seed=0)
 MODE = vnas.mode()
@@ -158,7 +158,8 @@ def show(model, size, title):
 
 
 V2 = darts.DARTS_V2
-imagenet_net = build_imagenet_network(V2)
+DARTS_SPACE = spaces.get_space("darts")  # its build_network(genotype, dataset=...) has a CIFAR-10 and an ImageNet network
+imagenet_net = DARTS_SPACE.build_network(V2, dataset="imagenet")
 cifar_net = networks.build_network(V2)
 imagenet_rows = show(imagenet_net, (1, 3, 224, 224), "DARTS_V2, ImageNet network (C = 48, 14 cells)")
 cifar_rows = show(cifar_net, (1, 3, 32, 32), "DARTS_V2, CIFAR-10 network (C = 36, 20 cells)")
@@ -197,7 +198,7 @@ print(f"ImageNet's stem takes 224 x 224 down to {first_res} x {first_res} for {1
 # %%
 sizes = {}
 for name in ("DARTS_V1", "DARTS_V2"):
-    im, cf = build_imagenet_network(darts.NAMED[name]), networks.build_network(darts.NAMED[name])
+    im, cf = DARTS_SPACE.build_network(darts.NAMED[name], dataset="imagenet"), networks.build_network(darts.NAMED[name])
     sizes[name] = {"params": networks.count_parameters(im), "aux": networks.count_parameters(im, True)
                    - networks.count_parameters(im), "macs": networks.count_macs(im, (1, 3, 224, 224)),
                    "cifar_params": networks.count_parameters(cf), "cifar_macs": networks.count_macs(cf, (1, 3, 32, 32))}
@@ -607,7 +608,7 @@ for name, (t1, t5, p, m, cost, how) in PUBLISHED.items():
 
 # %%
 def size_of(genotype):
-    model = build_imagenet_network(genotype)
+    model = DARTS_SPACE.build_network(genotype, dataset="imagenet")
     return networks.count_parameters(model) / 1e6, networks.count_macs(model, (1, 3, 224, 224)) / 1e6
 
 

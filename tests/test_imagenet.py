@@ -31,11 +31,22 @@ QUARK0 = {  # name: (parameters with the auxiliary head, of the auxiliary head, 
 @pytest.mark.parametrize("name", sorted(QUARK0))
 def test_sizes_equal_the_original(name):
     total, aux, macs = QUARK0[name]
-    model = build_imagenet_network(darts.NAMED[name])
+    model = spaces.get_space("darts").build_network(darts.NAMED[name], dataset="imagenet")
     assert networks.count_parameters(model, include_auxiliary=True) == total
     assert sum(p.numel() for p in model.auxiliary_head.parameters()) == aux
     assert networks.count_parameters(model) == total - aux
     assert networks.count_macs(model, (1, 3, 224, 224)) == macs < MOBILE_MACS
+
+
+def test_the_space_builds_each_dataset_network_it_has():
+    darts_space, nb201_space = spaces.get_space("darts"), spaces.get_space("nb201")
+    assert networks.count_parameters(darts_space.build_network(darts.DARTS_V2)) == \
+        networks.count_parameters(networks.build_network(darts.DARTS_V2))  # CIFAR-10 by default
+    with pytest.raises(ValueError, match=r"The nb201 space has no 'imagenet' network: of the search spaces "
+                                         r"\(darts, nb201\), only the darts space has one"):
+        nb201_space.build_network(nb201_space.random_genotype(torch.Generator().manual_seed(0)), dataset="imagenet")
+    with pytest.raises(ValueError, match=r"no space has one.*Networks of the darts space: cifar10, imagenet"):
+        darts_space.build_network(darts.DARTS_V2, dataset="svhn")
 
 
 def test_darts_v2_against_the_published_figures():

@@ -28,7 +28,9 @@ class Space:
     - ``derive(theta)``, ``one_hot(genotype)``, ``random_genotype(generator)``, ``parse(text)``;
     - ``build_supernet(C, layers, num_classes, partial_channels)``: the search supernet, ``layers`` cells
       (DARTS) or cells per stage (NB201);
-    - ``build_network(genotype, C, layers, num_classes, auxiliary, drop_path)``: the final network;
+    - ``build_network(genotype, dataset="cifar10", C=..., layers=..., num_classes=..., auxiliary=...,
+      drop_path=...)``: the final network for a dataset (``networks``: the builder of each dataset it has;
+      the DARTS space also has the ImageNet network, ``vnas.spaces.darts_imagenet``);
     - ``score(genotype)``: the benchmark's test accuracy % per dataset (the NB201 table), or None;
     - ``cell_graph(genotype, cell_type)``: (edges [(src, dst, op)], node labels, node positions) to draw;
     - ``depth``: what ``layers`` counts, in words.
@@ -46,10 +48,24 @@ class Space:
     random_genotype: Callable
     parse: Callable
     build_supernet: Callable
-    build_network: Callable
+    networks: dict  # dataset -> the final network's builder (genotype, C, layers, num_classes, auxiliary, drop_path)
     score: Callable
     cell_graph: Callable
     depth: str
+
+    def build_network(self, genotype, dataset: str = "cifar10", **kwargs):
+        """The final network of ``genotype`` for ``dataset`` ("cifar10"; "imagenet" for the DARTS space, the
+        stacked 14-cell C=48 network of the mobile setting), with the builder's keyword arguments.
+        Introduced in chapters/08_imagenet.py."""
+        builder = self.networks.get(dataset)
+        if builder is None:
+            having = [name for name, space in SPACES.items() if dataset in space.networks]
+            which = (f"only the {' and '.join(having)} space{'s' if len(having) > 1 else ''} "
+                     f"{'have' if len(having) > 1 else 'has'} one" if having else "no space has one")
+            raise ValueError(f"The {self.name} space has no {dataset!r} network: of the search spaces "
+                             f"({', '.join(SPACES)}), {which}. Networks of the {self.name} space: "
+                             f"{', '.join(self.networks)}.")
+        return builder(genotype, **kwargs)
 
     def parameter_free_share(self, genotype) -> dict[str, float]:
         """Per cell type, the share of the genotype's chosen ops that have no weights ('none', pooling,
@@ -78,10 +94,17 @@ PARAMETER_FREE = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x
 """The ops of either space that carry no weights."""
 
 
-def _space(name: str, module, networks, score: Callable, depth: str) -> Space:
+def _space(name: str, module, networks, score: Callable, depth: str, **more_networks) -> Space:
     return Space(name, module.PRIMITIVES, module.EDGES, module.CELL_TYPES, module.Genotype,
                  module.derive, module.one_hot, module.random_genotype, module.parse,
-                 networks.build_supernet, networks.build_network, score, module.cell_graph, depth)
+                 networks.build_supernet, {"cifar10": networks.build_network, **more_networks}, score,
+                 module.cell_graph, depth)
+
+
+def _imagenet_network(genotype, **kwargs):
+    from vnas.spaces import darts_imagenet  # it imports this package: built on first use
+
+    return darts_imagenet.build_imagenet_network(genotype, **kwargs)
 
 
 def _no_table(genotype) -> None:
@@ -89,7 +112,7 @@ def _no_table(genotype) -> None:
     return None
 
 
-SPACES = {"darts": _space("darts", darts, darts_net, _no_table, "cells"),
+SPACES = {"darts": _space("darts", darts, darts_net, _no_table, "cells", imagenet=_imagenet_network),
           "nb201": _space("nb201", nb201, nb201_net, nb201_table.table_accuracy, "cells per stage")}
 
 
