@@ -143,6 +143,26 @@ def percentile_rank_right(all_acc, acc):
     return float(100 * (np.sum(all_acc < acc) + 0.5 * np.sum(all_acc == acc)) / len(all_acc))
 
 
+def best_epoch_right(run_folder):
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(run_folder) / "history.jsonl").read_text().splitlines() if line.strip()]
+    best = min(rows, key=lambda r: r["val_loss"])  # min keeps the first of ties
+    return best["epoch"], best["genotype"]
+
+
+def projected_hours_right(seconds_per_step, steps_per_epoch, epochs, eval_seconds_per_epoch=0.0):
+    return epochs * (steps_per_epoch * seconds_per_step + eval_seconds_per_epoch) / 3600
+
+
+def shard_plan_right(n_images, batch_size, world_size=1, drop_last=True):
+    if batch_size % world_size:
+        raise ValueError(f"{world_size} processes cannot share a batch of {batch_size}")
+    steps = n_images // batch_size if drop_last else -(-n_images // batch_size)
+    return steps, batch_size // world_size
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError
 
@@ -159,6 +179,8 @@ CHECKERS = {
     "check_fgsm": fgsm_right, "check_l2_projection": l2_projection_right, "check_eot_gradient": eot_right,
     "check_conv_macs": conv_macs_right, "check_spearman": spearman_right,
     "check_percentile_rank": percentile_rank_right,
+    "check_best_epoch": best_epoch_right, "check_projected_hours": projected_hours_right,
+    "check_shard_plan": shard_plan_right,
 }
 
 
@@ -690,3 +712,112 @@ def test_chapter_08_references_agree_with_scipy():
             np.testing.assert_array_equal(imagenet._ranks(x, kind), stats.rankdata(x, method=kind))
     for table, acc, _ in imagenet._percentile_cases():
         assert math.isclose(percentile_rank_right(table, acc), stats.percentileofscore(table, acc, kind="mean"))
+
+
+# --- chapter 06: the best epoch of a run folder, projected hours, a global batch over K processes -----------
+
+def _rows(run_folder):
+    import json
+    from pathlib import Path
+
+    return [json.loads(line) for line in (Path(run_folder) / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _best_by(key, pick=min, index=False, last_tie=False, genotype=None):
+    """best_epoch with one slip: another column, max instead of min, the row index, the last of ties, or the
+    genotype from elsewhere (``genotype(run_folder, row)``)."""
+    def best(run_folder):
+        rows = _rows(run_folder)
+        values = [r[key] if not isinstance(key, tuple) else r[key[0]][key[1]] for r in rows]
+        target = pick(values)
+        k = max(i for i, v in enumerate(values) if v == target) if last_tie else values.index(target)
+        epoch = k if index else rows[k]["epoch"]
+        return epoch, rows[k]["genotype"] if genotype is None else genotype(run_folder, rows[k])
+    return best
+
+
+def _final_genotype(run_folder, row):
+    from pathlib import Path
+
+    return str(spaces.load_genotype(str(Path(run_folder) / "genotype.json")))
+
+
+def _writes_into_the_folder(run_folder):
+    from pathlib import Path
+
+    (Path(run_folder) / "best.txt").write_text("seen")
+    return best_epoch_right(run_folder)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (_best_by("val_loss", index=True), "the row's index, counted from 0"),
+    (_best_by("val_acc", pick=max), "highest validation accuracy"),
+    (_best_by("train_loss"), "lowest training loss"),
+    (_best_by(("architecture", "nll")), "architecture-step NLL"),
+    (_best_by("val_loss", last_tie=True), "take the earliest of them"),
+    (lambda folder: (_rows(folder)[-1]["epoch"], _rows(folder)[-1]["genotype"]), "that is the last epoch"),
+    (_best_by("val_loss", genotype=_final_genotype), "that is genotype.json"),
+    (_best_by("val_loss", genotype=lambda folder, row: _rows(folder)[row["epoch"]]["genotype"]),
+     "the genotype of epoch 4's row"),
+    (lambda folder: best_epoch_right(folder)[0], "return a pair (epoch, genotype)"),
+    (_writes_into_the_folder, "changed the files of the run folder"),
+    (lambda folder: best_epoch_right(folder + "/"), "raised TypeError"),  # a str only: the chapter passes a Path
+])
+def test_best_epoch_checker_rejects(answer, message):
+    _wrong(checks.check_best_epoch, answer, message)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda t, s, e, ev=0.0: projected_hours_right(t, s, e, ev) * 3600, "that is in seconds"),
+    (lambda t, s, e, ev=0.0: projected_hours_right(t, s, e, ev) * 60, "that is in minutes"),
+    (lambda t, s, e, ev=0.0: projected_hours_right(t, s, e, ev) / 24, "that is in days"),
+    (lambda t, s, e, ev=0.0: e * s * t / 3600, "the per-epoch evaluation is missing"),
+    (lambda t, s, e, ev=0.0: e * s * (t + ev) / 3600, "not after every step"),
+    (lambda t, s, e, ev=0.0: (e * s * t + ev) / 3600, "not once per run"),
+    (lambda t, s, e, ev=0.0: (s * t + ev) / 3600, "multiply by the number of epochs"),
+    (lambda t, s, e, ev: projected_hours_right(t, s, e, ev), "give it the default 0.0"),
+    (lambda t, s, e, ev=1.0: projected_hours_right(t, s, e, ev), "the default is 0.0"),
+    (lambda t, s, e, ev=0.0: (projected_hours_right(t, s, e, ev), "h"), "return a number"),
+    (lambda t, s, e, ev=0.0: projected_hours_right(t, s, e, ev) * 1.01, "compare with Eq. (6.2)"),
+])
+def test_projected_hours_checker_rejects(answer, message):
+    _wrong(checks.check_projected_hours, answer, message)
+
+
+def _shard_with(steps=None, per=None, check=True):
+    """shard_plan with one slip: ``steps(N, B, K, drop_last)``, ``per(B, K)``, or no ValueError."""
+    def plan(n_images, batch_size, world_size=1, drop_last=True):
+        if check and batch_size % world_size:
+            raise ValueError("indivisible")
+        right = shard_plan_right(n_images, batch_size, 1, drop_last)[0]
+        return (right if steps is None else steps(n_images, batch_size, world_size, drop_last),
+                batch_size // world_size if per is None else per(batch_size, world_size))
+    return plan
+
+
+@pytest.mark.parametrize("answer, message", [
+    (_shard_with(steps=lambda n, b, k, d: -(-n // b)), "keeps only full batches"),
+    (_shard_with(steps=lambda n, b, k, d: n // b), "keeps the last partial batch"),
+    (_shard_with(steps=lambda n, b, k, d: n // (b * k) if d else -(-n // (b * k))), "do not depend on K"),
+    (_shard_with(steps=lambda n, b, k, d: n // (b // k) if d else -(-n // (b // k))), "one global batch"),
+    (_shard_with(per=lambda b, k: b), "not the whole batch B"),
+    (_shard_with(steps=lambda n, b, k, d: n / b), "not a whole number"),
+    (_shard_with(check=False), "raise a ValueError"),
+    (lambda n, b, k=1, d=True: shard_plan_right(n, b, k, d)[0], "return a pair"),
+    (lambda n, b, k=1, d=True: (*shard_plan_right(n, b, k, d), k), "return a pair"),
+    (lambda n, b, k, d: shard_plan_right(n, b, k, d), "give world_size the default 1"),
+    (lambda n, b, k=1, d=False: shard_plan_right(n, b, k, d), "with the defaults (world_size=1, drop_last=True)"),
+    (_shard_with(per=lambda b, k: b // k + (k > 2)), "images per process should be"),
+])
+def test_shard_plan_checker_rejects(answer, message):
+    _wrong(checks.check_shard_plan, answer, message)
+
+
+def test_chapter_06_checkers_accept_numpy_torch_and_genotype_objects():
+    assert checks.check_projected_hours(lambda t, s, e, ev=0.0: np.float32(projected_hours_right(t, s, e, ev))).passed
+    assert checks.check_shard_plan(lambda n, b, k=1, d=True: (shard_plan_right(n, b, k, d)[0], b / k)).passed
+    assert checks.check_projected_hours(lambda t, s, e, ev=0.0: torch.tensor(projected_hours_right(t, s, e, ev),
+                                                                             dtype=torch.float64)).passed
+    assert checks.check_shard_plan(lambda *a: tuple(np.int64(v) for v in shard_plan_right(*a))).passed
+    assert checks.check_best_epoch(lambda f: (np.int64(best_epoch_right(f)[0]),
+                                              spaces.load_genotype(best_epoch_right(f)[1]))).passed

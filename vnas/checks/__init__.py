@@ -22,6 +22,7 @@ from vnas.checks.bayes import *  # noqa: F403
 from vnas.checks.darts import *  # noqa: F403
 from vnas.checks.data import *  # noqa: F403
 from vnas.checks.elbo import *  # noqa: F403
+from vnas.checks.full_search import *  # noqa: F403
 from vnas.checks.imagenet import *  # noqa: F403
 from vnas.checks.posterior import *  # noqa: F403
 from vnas.checks.relaxations import *  # noqa: F403

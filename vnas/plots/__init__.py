@@ -7,6 +7,7 @@ from vnas.plots.bridge import *  # noqa: F403
 from vnas.plots.calibration import *  # noqa: F403
 from vnas.plots.data import *  # noqa: F403
 from vnas.plots.evidence import *  # noqa: F403
+from vnas.plots.full_search import *  # noqa: F403
 from vnas.plots.imagenet import *  # noqa: F403
 from vnas.plots.robustness import *  # noqa: F403
 from vnas.plots.search import *  # noqa: F403
