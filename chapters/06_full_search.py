@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import vnas
-from vnas import config, data, results, runs, search, train
+from vnas import config, data, hostreads, results, runs, search, train
 from vnas.plots import plot_edge_summary, plot_objective_terms
 
 vnas.setup(seed=0)
@@ -525,6 +525,35 @@ else:
     for name, part in (gpu.results.get("parts") or {}).items():
         fields = {k: part.get(k) for k in ("step_s", "images_per_s", "projected_hours", "peak_memory_gb")}
         print(f"  {name:14s} " + ", ".join(f"{k} {v:.3g}" for k, v in fields.items() if isinstance(v, int | float)))
+
+# %% [markdown]
+# What stands between a GPU and its peak is often not arithmetic but the host: every read of a tensor's value
+# (`.item()`, `bool(t)`, `.tolist()`, `.cpu()`) makes Python wait until the GPU has finished all the work queued
+# before it, so a read per step leaves the GPU idle while Python catches up. `vnas.hostreads.count_host_reads`
+# counts the reads of a block, with the line that made each. The reads *per step* are the difference between an
+# epoch of 3 steps and one of 1, halved (an epoch's own reads, its evaluation and its one read of the logged means,
+# cancel):
+
+# %%
+probe = search.Search(search.load_search_config("darts", method="darts", run_mode="smoke", epochs=4), dataset=cifar,
+                      device=DEVICE, progress=False)
+counts = []
+for steps in (1, 1, 3):  # the first epoch builds the optimisers' state: not counted
+    probe.cfg.steps_per_epoch = steps
+    with hostreads.count_host_reads(DEVICE.type) as found:
+        probe.train_epoch()
+    counts.append(found["reads"])
+per_step = {site: (counts[2][site] - counts[1].get(site, 0)) / 2 for site in counts[2]
+            if counts[2][site] != counts[1].get(site, 0)}
+print(f"host reads per search step on this {DEVICE.type.upper()}: {sum(per_step.values()):g}")
+for (what, site, _), n in sorted(per_step.items(), key=lambda kv: -kv[1]):
+    print(f"  {n:g} x {what:9s} at {site}")
+if DEVICE.type == "cpu":
+    print("On the CPU these reads cost nothing (there is no queue to drain). On CUDA the same loop reads its "
+          "non-finite watch once per epoch, and the fused Adam keeps its step count on the GPU: no read per step "
+          "(tests/test_search.py runs that configuration on the CPU and counts zero; benchmarks/gpu.py counts on "
+          "a GPU, with torch's own sync detector).")
+del probe
 
 # %% [markdown]
 # The published costs, for scale (GPU-days as reported, on other hardware): DARTS reports 1.5 GPU-days for 4

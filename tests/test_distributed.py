@@ -133,7 +133,11 @@ def test_a_rank_that_dies_stops_the_run_and_keeps_what_was_saved(tmp_path):
     os.kill(rank1[0], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
-    assert "rank" in out.lower() and ("Signal 9" in out or "SIGKILL" in out or "exitcode" in out), out[-3000:]
+    # torchrun names the rank that died; rank 0, when it sees the broken collective before torchrun stops it, says
+    # what to do (a race: either may come first)
+    assert "local_rank: 1" in out and "SIGKILL" in out, out[-3000:]
+    if "Another process of this run probably stopped" in out:
+        assert "continue with `torchrun --nproc-per-node=2 -m vnas resume RUN_FOLDER`" in out
     # what was saved is whole and resumable by two processes
     state = runs.RunDir(tmp_path / "run").load_checkpoint()
     assert state["epoch"] >= 1 and len(history.read_text().splitlines()) >= 1
