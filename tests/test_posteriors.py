@@ -19,6 +19,7 @@ from vnas.posteriors import (
     dirichlet_kl,
     gumbel_softmax_sample,
 )
+from vnas.supernet import edge_key
 
 Z = 4.5  # standard errors allowed in statistical checks
 SPACES = {"darts": (("normal", "reduce"), 14, 8), "nb201": (("cell",), 6, 5)}
@@ -337,3 +338,96 @@ def test_dirichlet_sampling_never_validates_in_the_hot_path():
     assert not bool(q.valid())
     with pytest.raises(FloatingPointError, match="'normal', edge 7"):
         q.check_finite()
+
+
+# --- PC-DARTS edge normalisation ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("method", LEARNED)
+def test_edge_norm_adds_betas_and_per_node_softmax_edge_weights(method, space):
+    cell_types, E, n_ops = SPACES[space]
+    edges = spaces.get_space(space).edges
+    torch.manual_seed(4)
+    plain = build_posterior(method, space)
+    torch.manual_seed(4)
+    q = build_posterior(method, space, edge_norm=True)
+    names = sorted(name for name, _ in q.named_parameters())
+    assert names == sorted([f"alphas.{c}" for c in cell_types] + [f"edge_betas.{c}" for c in cell_types])
+    for c in cell_types:  # switching the option on does not move α's initial values
+        assert torch.equal(q.alphas[c], plain.alphas[c])
+    with torch.no_grad():
+        for b in q.edge_betas.values():
+            b.normal_()
+    for theta in (q.sample(), q.mean()):
+        assert set(theta) == set(cell_types) | {edge_key(c) for c in cell_types}
+        for c in cell_types:
+            beta, gamma = q.edge_betas[c].detach(), theta[edge_key(c)].detach()
+            assert gamma.shape == (E,)
+            for node in {dst for _, dst in edges}:  # softmax over each node's incoming edges, by hand
+                into = [e for e, (_, dst) in enumerate(edges) if dst == node]
+                torch.testing.assert_close(gamma[into], torch.exp(beta[into]) / torch.exp(beta[into]).sum())
+    terms = q.regularisers()
+    if q.l2 > 0:
+        l2 = 0.5 * q.l2 * sum((b.detach() ** 2).sum() for b in q.edge_betas.values())
+        torch.testing.assert_close(terms["l2_beta"], l2)
+        assert set(terms) == {"l2_alpha", "l2_beta"}
+    assert "l2_beta" not in plain.regularisers() and not hasattr(plain, "edge_betas")
+    assert len(q.edge_stats()[cell_types[0]]["edge_weight"]) == E
+    assert "edge_weight" not in plain.edge_stats()[cell_types[0]]
+    assert "edge_norm=True" in repr(q) and "edge_norm" not in repr(plain)
+    with torch.no_grad():
+        q.edge_betas[cell_types[-1]][E - 1] = float("inf")
+    assert not bool(q.valid())
+    with pytest.raises(FloatingPointError, match=f"Edge parameter beta of cell type '{cell_types[-1]}', edge {E - 1}"):
+        q.check_finite()
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_edge_norm_gradients_through_the_architecture_step_match_the_plain_equation(space):
+    """β's gradient as the search computes it (∂NLL/∂θ on the fused path, pulled back through θ(α, β)) equals
+    autograd straight through the plain equation x_j = Σ_i γ_ij Σ_o θ_ij,o o(x_i)."""
+    sp = spaces.get_space(space)
+    net = sp.build_supernet(C=4, layers=3 if space == "darts" else 1, partial_channels=2).double()
+    q = build_posterior("darts", space, edge_norm=True).double()
+    with torch.no_grad():
+        for p in q.parameters():
+            p.normal_()
+    batch = (torch.rand(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 5, 9]))
+    theta = q.sample()
+    grad_theta, _ = objectives.first_order_gradient(net, theta, batch)
+    objectives.pullback(theta, grad_theta).backward()
+    pipeline = {n: p.grad.clone() for n, p in q.named_parameters()}
+    q.zero_grad()
+    net.fused = False
+    torch.nn.functional.cross_entropy(net(batch[0], q.sample()), batch[1]).backward()
+    for n, p in q.named_parameters():
+        torch.testing.assert_close(pipeline[n], p.grad, rtol=1e-8, atol=1e-12)
+        assert p.grad.abs().sum() > 0, n
+    # and by central differences on one β
+    beta, e, h = q.edge_betas[sp.cell_types[0]], 2, 1e-6
+
+    def nll():
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(net(batch[0], q.sample()), batch[1])
+    with torch.no_grad():
+        beta[e] += h
+    up = nll()
+    with torch.no_grad():
+        beta[e] -= 2 * h
+    down = nll()
+    torch.testing.assert_close(pipeline[f"edge_betas.{sp.cell_types[0]}"][e], (up - down) / (2 * h),
+                               rtol=1e-4, atol=1e-9)
+
+
+def test_edge_norm_errors_are_clear():
+    with pytest.raises(ValueError, match="edge_norm .* needs a distribution with architecture parameters.*'random_ws'"):
+        build_posterior("random_ws", "darts", edge_norm=True)
+    with pytest.raises(ValueError, match="method 'random' has none"):
+        build_posterior("random", "nb201", edge_norm=True)
+    with pytest.raises(ValueError, match="edge_norm needs the cell's 6 edges"):
+        Dirichlet(("cell",), 6, 5, edge_norm=True)
+    with pytest.raises(ValueError, match="true or false"):
+        build_posterior("darts", "nb201", edge_norm="yes")
+    q = build_posterior("gdas", "darts", edge_norm=True)  # a sparse sample: the edge weights are not ops
+    counts = q.argmax_probabilities(samples=3)
+    assert set(counts) == {"normal", "reduce"} and counts["normal"].shape == (14, 8)

@@ -7,9 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from vnas import ops, spaces
+from vnas.posteriors import edge_normalise
 from vnas.spaces.darts_net import DartsNetwork, DartsSupernet
 from vnas.spaces.nb201_net import NB201Network, NB201Supernet
-from vnas.supernet import FixedArchitecture, MixedOp, active_ops, channel_shuffle, scaled_bn
+from vnas.supernet import (
+    FixedArchitecture,
+    MixedOp,
+    active_ops,
+    channel_shuffle,
+    edge_key,
+    fold_edge_weights,
+    run_dag,
+    scaled_bn,
+)
 
 
 def build_supernet(space, **kw):
@@ -352,3 +362,127 @@ def test_a_node_with_only_none_is_zero():
     for active in (None, net.active({"cell": theta})):
         out = net(x, {"cell": theta}, active)
         assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+# ---- PC-DARTS edge normalisation ---------------------------------------------------------------------
+
+def _edge_theta(net, requires_grad=False):
+    """Dense θ plus edge weights γ (a softmax over each node's incoming edges of random β)."""
+    theta = _softmax_theta(net, requires_grad)
+    edges = spaces.get_space("darts" if "normal" in net.shapes else "nb201").edges
+    for k, (n_edges, _) in net.shapes.items():
+        gamma = edge_normalise(torch.randn(n_edges, dtype=torch.float64), edges)
+        theta[edge_key(k)] = gamma.requires_grad_(requires_grad)
+    return theta
+
+
+@pytest.mark.parametrize("partial_channels", [1, 2])
+@pytest.mark.parametrize("fused", [True, False])
+def test_edge_normalisation_is_the_weighted_node_sum_by_hand(partial_channels, fused):
+    """node j = Σ_i γ_ij ō_ij(x_i), γ_ij = softmax over j's incoming edges of β_ij (PC-DARTS Eq. 4)."""
+    edges = ((0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+    mixed = nn.ModuleList(MixedOp(4, 1, DARTS_OPS, partial_channels=partial_channels) for _ in edges).double()
+    for m in mixed:
+        m.fused = fused
+    theta = torch.softmax(torch.randn(len(edges), len(DARTS_OPS), dtype=torch.float64), -1)
+    beta = torch.randn(len(edges), dtype=torch.float64)
+    gamma = edge_normalise(beta, edges)
+    by_hand = torch.cat([torch.softmax(beta[:2], 0), torch.softmax(beta[2:], 0)])
+    torch.testing.assert_close(gamma, by_hand)
+    c = 4 // partial_channels
+
+    def o_bar(e, x):  # the mixed op written out: Σ_o θ_o o(x[:, :C/K]), bypass, shuffle
+        out = sum(theta[e, o] * op(x[:, :c]) for o, op in enumerate(mixed[e].ops))
+        return out if partial_channels == 1 else channel_shuffle(torch.cat([out, x[:, c:]], 1), partial_channels)
+
+    x0, x1 = torch.randn(2, 2, 4, 6, 6, dtype=torch.float64)
+    x2 = gamma[0] * o_bar(0, x0) + gamma[1] * o_bar(1, x1)
+    x3 = gamma[2] * o_bar(2, x0) + gamma[3] * o_bar(3, x1) + gamma[4] * o_bar(4, x2)
+    states = run_dag([x0, x1], edges, mixed, theta, None, gamma)
+    torch.testing.assert_close(states[2], x2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(states[3], x3, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_edge_weight_scales_the_bypassed_channels_too(stride):
+    m = MixedOp(8, stride, DARTS_OPS, partial_channels=4).double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    w = torch.softmax(torch.randn(len(DARTS_OPS), dtype=torch.float64), 0)
+    gamma = torch.tensor(0.3, dtype=torch.float64)
+    expected = 0.3 * m(x, w)  # the whole edge output, bypass included
+    for fused in (True, False):
+        m.fused = fused
+        torch.testing.assert_close(m(x, w, None, gamma), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("space,kw", [("darts", dict(C=4, layers=3)),
+                                      ("darts", dict(C=4, layers=3, partial_channels=2)),
+                                      ("nb201", dict(C=4, layers=1)),
+                                      ("nb201", dict(C=4, layers=1, partial_channels=2))],
+                         ids=["darts", "darts-pc", "nb201", "nb201-pc"])
+def test_fused_path_is_the_plain_equation_with_edge_weights(space, kw):
+    """Same logits and gradients (θ, γ and every weight) on both paths, with edge weights in θ."""
+    net = build_supernet(space, **kw).double().to(memory_format=torch.channels_last)
+    theta = _edge_theta(net)
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    (lf, tf, wf), (lp, tp, wp) = _run_both_paths(net, theta, x)
+    torch.testing.assert_close(lf, lp, rtol=1e-10, atol=1e-12)
+    for a, b in zip(tf + wf, tp + wp, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert all(g.abs().sum() > 0 for g in tf)  # γ gets a gradient on both cell types
+    without = {k: v for k, v in theta.items() if k in net.shapes}
+    assert not torch.allclose(net(x, theta), net(x, without))  # the edge weights do something
+
+
+def test_edge_weight_gradient_matches_finite_differences():
+    net = build_supernet("darts", C=4, layers=3, partial_channels=2).double().eval()
+    theta = _edge_theta(net)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    key = edge_key("reduce")
+    gamma = theta[key].clone().requires_grad_()
+
+    def loss(g):
+        return net(x, {**theta, key: g}).square().sum()
+
+    grad, = torch.autograd.grad(loss(gamma), gamma)
+    h = 1e-6
+    for e in (0, 5, 13):
+        step = torch.zeros_like(gamma)
+        step[e] = h
+        fd = (loss(gamma.detach() + step) - loss(gamma.detach() - step)) / (2 * h)
+        torch.testing.assert_close(grad[e], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_edge_weights_in_theta_errors_are_clear():
+    net = DartsSupernet(C=4, layers=3)
+    x = torch.randn(1, 3, 8, 8)
+    good = {"normal": torch.full((14, 8), 1 / 8), "reduce": torch.full((14, 8), 1 / 8),
+            "normal.edges": torch.full((14,), 0.5), "reduce.edges": torch.full((14,), 0.5)}
+    assert net(x, good).shape == (1, 10)
+    with pytest.raises(ValueError, match=r"theta\['normal.edges'\] has shape \(13,\); expected \(14,\): one weight"):
+        net(x, {**good, "normal.edges": torch.ones(13)})
+    with pytest.raises(ValueError, match="edge weights for \\['normal.edges'\\] but not for \\['reduce.edges'\\]"):
+        net(x, {k: v for k, v in good.items() if k != "reduce.edges"})
+    with pytest.raises(ValueError, match="also the edge weights {'normal.edges': Tensor\\[14\\]"):
+        net(x, {**good, "normal.edge": torch.ones(14)})
+    assert net.active(good).keys() == {"normal", "reduce"}  # edge weights are not ops
+
+
+def test_fold_edge_weights_gives_the_pc_darts_derivation():
+    theta = {c: torch.full((14, 8), 0.01) for c in ("normal", "reduce")}
+    conv = DARTS_OPS.index("sep_conv_3x3")
+    # node 3 reads edges 2, 3, 4 = (0, 3), (1, 3), (2, 3); by op weight alone edges 2 and 3 win
+    for c in theta:
+        theta[c][2, conv], theta[c][3, conv], theta[c][4, conv] = 0.5, 0.4, 0.3
+    gamma = torch.full((14,), 0.5)
+    gamma[2:5] = torch.tensor([0.1, 0.45, 0.45])
+    with_edges = {**theta, "normal.edges": gamma, "reduce.edges": gamma}
+    assert fold_edge_weights(theta) is theta  # nothing to fold: θ as it was
+    folded = fold_edge_weights(with_edges)
+    assert folded.keys() == theta.keys()
+    torch.testing.assert_close(folded["normal"], theta["normal"] * gamma[:, None])
+    by_ops, by_both = spaces.darts.derive(theta), spaces.darts.derive(folded)
+    assert {src for _, src in by_ops.normal[2:4]} == {0, 1}
+    assert {src for _, src in by_both.normal[2:4]} == {1, 2}  # γθ: 0.05, 0.18, 0.135

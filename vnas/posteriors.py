@@ -14,6 +14,16 @@ know about it, so that the search loop never asks which method it runs:
 - ``end_epoch(score)``: a hook after every epoch, handed a function θ -> score (random search keeps its
   best cell that way, without ever seeing the supernet).
 
+Two options of the learned distributions serve PC-DARTS and DrNAS' progressive search:
+- ``edge_norm=True`` (PC-DARTS' edge normalisation, Xu et al., ICLR 2020): parameters β [E] per cell type,
+  and θ gains the entries ``theta[edge_key(c)]`` = γ [E], γ_ij = softmax over node j's incoming edges of
+  β_ij. The β are point estimates (no prior), trained by the same architecture step as α, with the same L2
+  (``l2_beta``); a genotype is derived from γ_ij · θ_ij,o (``vnas.supernet.fold_edge_weights``). Off by
+  default, and then nothing changes.
+- ``prune(keep)`` (DrNAS): the ops with ``keep[c][e, o]`` False are gone for good: ``sample()`` and
+  ``mean()`` give exactly 0 there and renormalise over the kept ops, and a Dirichlet's KL, entropy and
+  log-density are those of Dir(β) over the kept ops.
+
 ``METHODS`` is the one registry of methods; ``build_posterior(method, space)`` builds one.
 Place in the flow: spaces -> **posteriors** -> supernet -> objectives -> search.
 Introduced in chapters/03_stochastic_relaxations.py.
@@ -24,7 +34,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,9 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vnas import spaces
+from vnas.supernet import edge_key  # θ's layout is the supernet's input format, defined there
 
 __all__ = ["ArchDistribution", "Learned", "Softmax", "Concrete", "HardGumbel", "Dirichlet", "UniformCells",
-           "RandomCell", "METHODS", "Method", "build_posterior", "dirichlet_kl", "gumbel_softmax_sample"]
+           "RandomCell", "METHODS", "Method", "build_posterior", "dirichlet_kl", "edge_normalise",
+           "gumbel_softmax_sample", "keep_top_k"]
 
 
 def _positive(name: str, value) -> float:
@@ -75,13 +87,14 @@ def gumbel_softmax_sample(logits: Tensor, tau: float, generator: torch.Generator
     return y_hard + (y_soft - y_soft.detach())
 
 
-def dirichlet_kl(beta: Tensor, c0: float | Tensor, validate: bool = True) -> Tensor:
+def dirichlet_kl(beta: Tensor, c0: float | Tensor, validate: bool = True, mask: Tensor | None = None) -> Tensor:
     """KL(Dir(beta) || Dir(c0)) per edge (last dim = ops), in closed form:
 
     KL = log G(b0) - sum_k log G(b_k) - log G(c_0) + sum_k log G(c_k) + sum_k (b_k - c_k)(psi(b_k) - psi(b0)),
     with b0 = sum_k b_k, c_0 = sum_k c_k; a float ``c0`` means the symmetric prior c_k = c0.
     ``validate=False`` skips the checks that read the tensors back to the host (the search's hot path,
-    where a bad value shows up as a non-finite objective instead).
+    where a bad value shows up as a non-finite objective instead). With a boolean ``mask`` every sum runs
+    over the ops where it is True: the KL between the Dirichlets of the kept ops (a pruned edge).
     Introduced in chapters/03_stochastic_relaxations.py, Eq. (3.9).
     """
     if not torch.is_tensor(beta) or beta.dim() == 0:
@@ -94,9 +107,67 @@ def dirichlet_kl(beta: Tensor, c0: float | Tensor, validate: bool = True) -> Ten
         c = c0.to(beta).expand_as(beta)
     else:
         c = torch.full_like(beta, _positive("c0 (the prior concentration)", c0))
+    if mask is not None:
+        total = _kept_sum(mask)
+        b0, c_sum = total(beta), total(c)
+        return (torch.lgamma(b0) - total(torch.lgamma(beta)) - torch.lgamma(c_sum) + total(torch.lgamma(c))
+                + total((beta - c) * (torch.digamma(beta) - torch.digamma(b0).unsqueeze(-1))))
     b0, c_sum = beta.sum(-1), c.sum(-1)
     return (torch.lgamma(b0) - torch.lgamma(beta).sum(-1) - torch.lgamma(c_sum) + torch.lgamma(c).sum(-1)
             + ((beta - c) * (torch.digamma(beta) - torch.digamma(b0).unsqueeze(-1))).sum(-1))
+
+
+def _kept_sum(mask: Tensor) -> Callable[[Tensor], Tensor]:
+    """t -> the sum of t over the last dim where ``mask`` is True (a ``where``, so the values of the other
+    entries, and their gradients, never enter)."""
+    def total(t: Tensor) -> Tensor:
+        return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device)).sum(-1)
+    return total
+
+
+def _dirichlet_entropy_kept(beta: Tensor, mask: Tensor) -> Tensor:
+    """Differential entropy [E] of Dir(beta) over the kept ops:
+    log B(b) + (b0 - K) psi(b0) - sum_k (b_k - 1) psi(b_k)."""
+    total = _kept_sum(mask)
+    b0, K = total(beta), mask.sum(-1).to(beta.dtype)
+    return total(torch.lgamma(beta)) - torch.lgamma(b0) + (b0 - K) * torch.digamma(b0) \
+        - total((beta - 1) * torch.digamma(beta))
+
+
+def _dirichlet_log_prob_kept(beta: Tensor, theta: Tensor, mask: Tensor) -> Tensor:
+    """log Dir(θ; beta) [E] over the kept ops (θ positive there): sum_k (b_k - 1) log θ_k - log B(b)."""
+    total = _kept_sum(mask)
+    log_theta = torch.log(torch.where(mask, theta, torch.ones((), dtype=theta.dtype, device=theta.device)))
+    return total((beta - 1) * log_theta) - total(torch.lgamma(beta)) + torch.lgamma(total(beta))
+
+
+def keep_top_k(weights: Tensor, k: int, keep: Tensor | None = None) -> Tensor:
+    """Boolean [E, O]: per edge (row) the ``k`` ops of largest weight among those ``keep`` still has (all if
+    None); ties go to the lower op index. DrNAS' pruning, by the distribution's mean weight.
+    Introduced in chapters/06_full_search.py."""
+    if not torch.is_tensor(weights) or weights.dim() != 2:
+        raise ValueError("weights must be an [edges, ops] tensor (e.g. the distribution's mean).")
+    keep = torch.ones_like(weights, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+    kept = int(keep.sum(-1).min())
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= kept:
+        raise ValueError(f"Cannot keep {k!r} ops per edge: keep between 1 and {kept} (the ops every edge still has).")
+    scores = weights.detach().masked_fill(~keep, -math.inf)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+    return torch.zeros_like(keep).scatter(-1, order, True)
+
+
+def edge_normalise(beta: Tensor, edges) -> Tensor:
+    """PC-DARTS' edge weights γ [E]: γ_ij = exp(β_ij) / Σ_i' exp(β_i'j), a softmax over the edges (i', j)
+    that enter the same node j; ``edges`` lists (src, dst) per entry of ``beta``.
+    Introduced in chapters/02_darts.py."""
+    groups = {}
+    for e, (_, dst) in enumerate(edges):
+        groups.setdefault(dst, []).append(e)
+    order = [e for dst in sorted(groups) for e in groups[dst]]
+    gamma = torch.cat([F.softmax(beta[groups[dst]], dim=0) for dst in sorted(groups)])
+    if order == list(range(len(order))):  # edges listed node by node, as both spaces list them
+        return gamma
+    return gamma[torch.tensor(order).argsort()]
 
 
 class ArchDistribution(nn.Module):
@@ -175,6 +246,15 @@ class ArchDistribution(nn.Module):
     def _concentration(self, cell_type: str) -> Tensor | None:
         return None
 
+    def _keep(self, cell_type: str) -> Tensor | None:
+        """The boolean [E, O] of the ops not pruned, or None when nothing is pruned."""
+        return None
+
+    def prune(self, keep: dict[str, Tensor]) -> None:
+        """Remove ops for good (DrNAS' progressive search): only a learned distribution can (see ``Learned.prune``)."""
+        raise ValueError(f"{type(self).__name__} has no architecture parameters to rank ops by or to mask; a "
+                         f"progressive search (pruning ops) needs a learned distribution.")
+
     @torch.no_grad()
     def argmax_probabilities(self, samples: int = 1000) -> dict[str, Tensor]:
         """Per cell type [E, O]: the probability under q that op o is the argmax of θ_e, estimated from
@@ -185,21 +265,27 @@ class ArchDistribution(nn.Module):
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}.")
         counts = {c: torch.zeros(self.num_edges, self.num_ops, device=self.device) for c in self.cell_types}
         for _ in range(samples):
-            for c, theta in self.sample().items():
-                counts[c] += F.one_hot(theta.argmax(-1), self.num_ops).to(counts[c])
+            theta = self.sample()
+            for c in self.cell_types:  # not the edge weights of edge normalisation
+                counts[c] += F.one_hot(theta[c].argmax(-1), self.num_ops).to(counts[c])
         return {c: n / samples for c, n in counts.items()}
 
     @torch.no_grad()
     def edge_stats(self) -> dict[str, dict[str, list]]:
         """Per cell type: "mean" [E][O]; "concentration" [E] (sum of beta, or None for non-Dirichlet methods);
         "entropy" [E] in nats: of the categorical mean for point and Gumbel methods, the differential
-        entropy of Dir(beta) for Dirichlet methods (it can be negative). Read once per epoch."""
+        entropy of Dir(beta) for Dirichlet methods (it can be negative). After pruning, the sums and entropies
+        run over the kept ops. With edge normalisation also "edge_weight" [E] (γ). Read once per epoch."""
         stats, mean = {}, self.mean()
         for c in self.cell_types:
-            conc = self._concentration(c)
+            conc, keep = self._concentration(c), self._keep(c)
+            if conc is not None and keep is not None:
+                conc = torch.where(keep, conc, torch.zeros((), dtype=conc.dtype, device=conc.device))
             stats[c] = {"mean": mean[c].cpu().tolist(),
                         "concentration": None if conc is None else conc.sum(-1).cpu().tolist(),
                         "entropy": self._entropy(c).cpu().tolist()}
+            if edge_key(c) in mean:
+                stats[c]["edge_weight"] = mean[edge_key(c)].cpu().tolist()
         return stats
 
     def valid(self) -> Tensor:
@@ -218,15 +304,39 @@ class Learned(ArchDistribution):
     (DARTS), and DARTS' L2 on them as a named term, l2/2 · Σ ||α||² (Adam's weight_decay=l2 in the DARTS
     code, 1e-3; the same value in SNAS, GDAS and DrNAS).
 
-    Subclasses define ``_sample(alpha)`` and ``_mean(alpha)`` for one cell type's [E, O] matrix.
+    ``edge_norm=True`` adds PC-DARTS' edge parameters β[cell_type] [E] (``edge_betas``: PC-DARTS' β, not
+    DrNAS' concentration), also initialised 1e-3 * randn and under the same L2 (``l2_beta``), and θ gains the
+    edge weights γ = ``edge_normalise(β, edges)`` under ``edge_key(cell_type)``; ``edges`` are the cell's
+    (src, dst) pairs (``for_space`` passes the space's). ``prune(keep)`` masks ops for good.
+
+    Subclasses define ``_sample(alpha)`` and ``_mean(alpha)`` for one cell type's [E, O] matrix, and, if
+    masking the logits with -inf is not right for them, ``_sample_kept`` / ``_mean_kept``.
     Introduced in chapters/03_stochastic_relaxations.py.
     """
 
-    def __init__(self, cell_types, num_edges, num_ops, generator: torch.Generator | None = None, l2: float = 1e-3):
+    def __init__(self, cell_types, num_edges, num_ops, generator: torch.Generator | None = None, l2: float = 1e-3,
+                 edge_norm: bool = False, edges=None):
         super().__init__(cell_types, num_edges, num_ops)
         self.generator, self.l2 = generator, _non_negative("l2 (the L2 coefficient on alpha)", l2)
         self.alphas = nn.ParameterDict({
             c: nn.Parameter(1e-3 * torch.randn(num_edges, num_ops, generator=generator)) for c in cell_types})
+        if not isinstance(edge_norm, bool):
+            raise ValueError(f"edge_norm must be true or false, got {edge_norm!r}.")
+        self.edge_norm, self.edges = edge_norm, None
+        if edge_norm:  # made after α, so that α's initial values do not depend on the option
+            if edges is None or len(edges) != num_edges or not all(len(pair) == 2 for pair in edges):
+                raise ValueError(f"edge_norm needs the cell's {num_edges} edges as (src, dst) pairs, to normalise "
+                                 f"over each node's incoming edges; got {edges!r}. Build the distribution with "
+                                 f"build_posterior(..., edge_norm=True) or for_space, which pass the space's edges.")
+            self.edges = tuple((int(i), int(j)) for i, j in edges)
+            self.edge_betas = nn.ParameterDict({
+                c: nn.Parameter(1e-3 * torch.randn(num_edges, generator=generator)) for c in cell_types})
+
+    @classmethod
+    def for_space(cls, space, generator: torch.Generator | None = None, **options) -> ArchDistribution:
+        if options.get("edge_norm"):
+            options = {**options, "edges": space.edges}
+        return super().for_space(space, generator, **options)
 
     def _sample(self, alpha: Tensor) -> Tensor:
         raise NotImplementedError
@@ -234,22 +344,88 @@ class Learned(ArchDistribution):
     def _mean(self, alpha: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _sample_kept(self, alpha: Tensor, keep: Tensor) -> Tensor:
+        """A sample over the kept ops only: the logits of pruned ops are -inf, so a softmax or a Gumbel
+        argmax gives them exactly 0 (and the renormalised softmax over the rest; α there gets no gradient)."""
+        return self._sample(alpha.masked_fill(~keep, -math.inf))
+
+    def _mean_kept(self, alpha: Tensor, keep: Tensor) -> Tensor:
+        return self._mean(alpha.masked_fill(~keep, -math.inf))
+
+    def _keep(self, cell_type: str) -> Tensor | None:
+        keep = getattr(self, "op_keep", None)
+        return None if keep is None else keep[self.cell_types.index(cell_type)]
+
+    def edge_weights(self) -> dict[str, Tensor]:
+        """PC-DARTS' γ [E] per cell type, keyed ``edge_key(cell_type)``; empty without edge normalisation."""
+        if not self.edge_norm:
+            return {}
+        return {edge_key(c): edge_normalise(b, self.edges) for c, b in self.edge_betas.items()}
+
     def sample(self) -> dict[str, Tensor]:
-        return {c: self._sample(a) for c, a in self.alphas.items()}
+        theta = {c: self._sample(a) if (keep := self._keep(c)) is None else self._sample_kept(a, keep)
+                 for c, a in self.alphas.items()}
+        return {**theta, **self.edge_weights()} if self.edge_norm else theta
 
     def mean(self) -> dict[str, Tensor]:
-        return {c: self._mean(a) for c, a in self.alphas.items()}
+        theta = {c: self._mean(a) if (keep := self._keep(c)) is None else self._mean_kept(a, keep)
+                 for c, a in self.alphas.items()}
+        return {**theta, **self.edge_weights()} if self.edge_norm else theta
+
+    @torch.no_grad()
+    def top_k_keep(self, k: int) -> dict[str, Tensor]:
+        """Per cell type the boolean [E, O] that keeps, on every edge, the ``k`` ops of largest mean weight
+        among those not pruned yet (DrNAS; edge weights scale a whole row, so they do not change the ranking).
+        Introduced in chapters/06_full_search.py."""
+        mean = self.mean()
+        return {c: keep_top_k(mean[c], k, self._keep(c)) for c in self.cell_types}
+
+    def prune(self, keep: Mapping[str, Tensor]) -> None:
+        """Keep, for good, only the ops with ``keep[c][e, o]`` True: from now on ``sample()`` and ``mean()``
+        are exactly 0 elsewhere and renormalised over the kept ops (a Dirichlet's KL, entropy and log-density
+        are those over the kept ops). The mask is a buffer ``op_keep`` [cell types, E, O] in the state dict,
+        so a state saved after pruning loads into a distribution pruned the same way (and into no other).
+        Introduced in chapters/06_full_search.py."""
+        if not isinstance(keep, Mapping) or set(keep) != set(self.cell_types):
+            got = sorted(keep) if isinstance(keep, Mapping) else type(keep).__name__
+            raise ValueError(f"keep needs one boolean [{self.num_edges}, {self.num_ops}] mask per cell type "
+                             f"{', '.join(self.cell_types)}; got {got}.")
+        masks = []
+        for c in self.cell_types:
+            m = torch.as_tensor(keep[c], device=self.device).detach()
+            if m.dtype != torch.bool or tuple(m.shape) != (self.num_edges, self.num_ops):
+                raise ValueError(f"keep[{c!r}] must be a boolean tensor of shape ({self.num_edges}, {self.num_ops}); "
+                                 f"got {m.dtype} {tuple(m.shape)}.")
+            empty = (~m.any(-1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"keep[{c!r}] keeps no op on edge {empty[0]}: every edge keeps at least one.")
+            old = self._keep(c)
+            if old is not None and bool((m & ~old).any()):
+                e, o = (m & ~old).nonzero()[0].tolist()
+                raise ValueError(f"keep[{c!r}] keeps op {o} of edge {e}, pruned before: a pruned op cannot come back.")
+            masks.append(m)
+        stacked = torch.stack(masks)
+        if getattr(self, "op_keep", None) is None:
+            self.register_buffer("op_keep", stacked)
+        else:
+            self.op_keep.copy_(stacked)
 
     def regularisers(self) -> dict[str, Tensor]:
-        """{"l2_alpha": l2/2 · Σ_cell types ||α||²}, or nothing when l2 = 0 (then the objective has no such term)."""
+        """{"l2_alpha": l2/2 · Σ_cell types ||α||²}, or nothing when l2 = 0 (then the objective has no such term);
+        with edge normalisation also {"l2_beta": l2/2 · Σ ||β||²} (PC-DARTS decays β with α)."""
         if self.l2 == 0:
             return {}
-        return {"l2_alpha": 0.5 * self.l2 * sum(a.pow(2).sum() for a in self.alphas.values())}
+        terms = {"l2_alpha": 0.5 * self.l2 * sum(a.pow(2).sum() for a in self.alphas.values())}
+        if self.edge_norm:
+            terms["l2_beta"] = 0.5 * self.l2 * sum(b.pow(2).sum() for b in self.edge_betas.values())
+        return terms
 
     @torch.no_grad()
     def valid(self) -> Tensor:
         flags = [torch.isfinite(a).all() for a in self.alphas.values()]
         flags += [(conc > 0).all() for c in self.cell_types if (conc := self._concentration(c)) is not None]
+        if self.edge_norm:
+            flags += [torch.isfinite(b).all() for b in self.edge_betas.values()]
         return torch.stack(flags).all()
 
     @torch.no_grad()
@@ -263,9 +439,15 @@ class Learned(ArchDistribution):
                 if conc is not None and not bool((torch.isfinite(conc[e]) & (conc[e] > 0)).all()):
                     raise FloatingPointError(f"Dirichlet concentration of cell type {c!r}, edge {e} is not "
                                              f"finite and > 0: {conc[e].tolist()}")
+                if self.edge_norm and not bool(torch.isfinite(self.edge_betas[c][e])):
+                    raise FloatingPointError(f"Edge parameter beta of cell type {c!r}, edge {e} is not finite: "
+                                             f"{self.edge_betas[c][e].item()}")
+
+    def _repr_options(self) -> str:
+        return ", edge_norm=True" if self.edge_norm else ""
 
     def extra_repr(self):
-        return f"l2={self.l2}"
+        return f"l2={self.l2}{self._repr_options()}"
 
 
 class Softmax(Learned):
@@ -290,8 +472,8 @@ class Concrete(Learned):
     hard = False
 
     def __init__(self, cell_types, num_edges, num_ops, generator=None, tau0: float = 1.0,
-                 tau_min: float = 0.2, schedule: str = "exp", l2: float = 1e-3):
-        super().__init__(cell_types, num_edges, num_ops, generator, l2)
+                 tau_min: float = 0.2, schedule: str = "exp", l2: float = 1e-3, edge_norm: bool = False, edges=None):
+        super().__init__(cell_types, num_edges, num_ops, generator, l2, edge_norm, edges)
         self.tau0, self.tau_min = _positive("tau0 (the temperature)", tau0), _positive("tau_min", tau_min)
         self.schedule = _choice("schedule", schedule, ("exp", "linear"))
         self.tau = self.tau0
@@ -314,7 +496,8 @@ class Concrete(Learned):
         return F.softmax(alpha, dim=-1)
 
     def extra_repr(self):
-        return f"tau={self.tau:.4g}, tau0={self.tau0}, tau_min={self.tau_min}, schedule={self.schedule!r}, l2={self.l2}"
+        return (f"tau={self.tau:.4g}, tau0={self.tau0}, tau_min={self.tau_min}, schedule={self.schedule!r}, "
+                f"l2={self.l2}{self._repr_options()}")
 
 
 class HardGumbel(Concrete):
@@ -327,8 +510,8 @@ class HardGumbel(Concrete):
     sparse = True
 
     def __init__(self, cell_types, num_edges, num_ops, generator=None, tau0: float = 10.0,
-                 tau_min: float = 0.1, schedule: str = "linear", l2: float = 1e-3):
-        super().__init__(cell_types, num_edges, num_ops, generator, tau0, tau_min, schedule, l2)
+                 tau_min: float = 0.1, schedule: str = "linear", l2: float = 1e-3, edge_norm: bool = False, edges=None):
+        super().__init__(cell_types, num_edges, num_ops, generator, tau0, tau_min, schedule, l2, edge_norm, edges)
 
 
 class Dirichlet(Learned):
@@ -346,8 +529,9 @@ class Dirichlet(Learned):
     """
 
     def __init__(self, cell_types, num_edges, num_ops, generator=None, param: str = "elu",
-                 regularise: str = "none", c0: float = 1.0, kl_scale: float = 1.0, l2: float = 1e-3):
-        super().__init__(cell_types, num_edges, num_ops, generator, l2)
+                 regularise: str = "none", c0: float = 1.0, kl_scale: float = 1.0, l2: float = 1e-3,
+                 edge_norm: bool = False, edges=None):
+        super().__init__(cell_types, num_edges, num_ops, generator, l2, edge_norm, edges)
         self.param = _choice("param", param, ("elu", "softplus"))
         self.regularise = _choice("regularise", regularise, ("none", "kl"))
         self.c0 = _positive("c0 (the prior concentration)", c0)
@@ -373,27 +557,49 @@ class Dirichlet(Learned):
         beta = self._beta(alpha)
         return beta / beta.sum(-1, keepdim=True)
 
+    def _sample_kept(self, alpha, keep):
+        """θ ~ Dir(β over the kept ops), exactly 0 elsewhere: independent Gamma(β_o, 1) draws g_o (pathwise
+        gradients), θ_o = g_o / Σ_kept g (DrNAS also zeroes and renormalises). A pruned op's β never enters."""
+        g = torch.distributions.Gamma(self._beta(alpha), 1.0, validate_args=False).rsample()
+        g = torch.where(keep, g.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros((), dtype=g.dtype, device=g.device))
+        return g / g.sum(-1, keepdim=True)
+
+    def _mean_kept(self, alpha, keep):
+        beta = torch.where(keep, self._beta(alpha), torch.zeros((), dtype=alpha.dtype, device=alpha.device))
+        return beta / beta.sum(-1, keepdim=True)
+
     def _entropy(self, cell_type):
+        keep = self._keep(cell_type)
+        if keep is not None:
+            return _dirichlet_entropy_kept(self.concentration(cell_type), keep)
         return self._dist(self.alphas[cell_type]).entropy()
 
     def entropy(self) -> dict[str, Tensor]:
-        """Differential entropy [E] of each edge's Dir(beta_e), per cell type."""
+        """Differential entropy [E] of each edge's Dir(beta_e), per cell type (over the kept ops after pruning)."""
         return {c: self._entropy(c) for c in self.cell_types}
 
     def log_prob(self, theta: dict[str, Tensor]) -> dict[str, Tensor]:
-        """log Dir(θ_e; beta_e) [E] per cell type, for weights θ [E, O] on the simplex."""
-        return {c: self._dist(self.alphas[c]).log_prob(theta[c]) for c in self.cell_types}
+        """log Dir(θ_e; beta_e) [E] per cell type, for weights θ [E, O] on the simplex (over the kept ops
+        after pruning)."""
+        out = {}
+        for c in self.cell_types:
+            keep = self._keep(c)
+            out[c] = (self._dist(self.alphas[c]).log_prob(theta[c]) if keep is None
+                      else _dirichlet_log_prob_kept(self.concentration(c), theta[c], keep))
+        return out
 
     def kl(self) -> dict[str, Tensor]:
-        """KL(Dir(beta_e) || Dir(c0)) [E] per cell type, Eq. (3.9), whether or not the objective uses it."""
-        return {c: dirichlet_kl(self._beta(a), self.c0, validate=False) for c, a in self.alphas.items()}
+        """KL(Dir(beta_e) || Dir(c0)) [E] per cell type, Eq. (3.9), whether or not the objective uses it
+        (over the kept ops after pruning)."""
+        return {c: dirichlet_kl(self._beta(a), self.c0, validate=False, mask=self._keep(c))
+                for c, a in self.alphas.items()}
 
     def structure_kl(self) -> dict[str, Tensor] | None:
         return self.kl() if self.regularise == "kl" else None
 
     def extra_repr(self):
         return (f"param={self.param!r}, regularise={self.regularise!r}, c0={self.c0}, kl_scale={self.kl_weight}, "
-                f"l2={self.l2}")
+                f"l2={self.l2}{self._repr_options()}")
 
 
 # --- baselines -----------------------------------------------------------------------------------------
@@ -499,12 +705,14 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "darts": Method(Softmax, {"l2": 1e-3}),
-    "snas": Method(Concrete, {"tau0": 1.0, "tau_min": 0.2, "schedule": "exp", "l2": 1e-3}),
-    "gdas": Method(HardGumbel, {"tau0": 10.0, "tau_min": 0.1, "schedule": "linear", "l2": 1e-3}),
-    "drnas": Method(Dirichlet, {"param": "elu", "regularise": "none", "c0": 1.0, "kl_scale": 1.0, "l2": 1e-3}),
+    "darts": Method(Softmax, {"l2": 1e-3, "edge_norm": False}),
+    "snas": Method(Concrete, {"tau0": 1.0, "tau_min": 0.2, "schedule": "exp", "l2": 1e-3, "edge_norm": False}),
+    "gdas": Method(HardGumbel, {"tau0": 10.0, "tau_min": 0.1, "schedule": "linear", "l2": 1e-3, "edge_norm": False}),
+    "drnas": Method(Dirichlet, {"param": "elu", "regularise": "none", "c0": 1.0, "kl_scale": 1.0, "l2": 1e-3,
+                                "edge_norm": False}),
     # the course's method optimises Eq. (4.2) as chapter 04 writes it: the prior is its only regulariser
-    "variational": Method(Dirichlet, {"param": "elu", "c0": 1.0, "kl_scale": 1.0, "l2": 0.0}, {"regularise": "kl"}),
+    "variational": Method(Dirichlet, {"param": "elu", "c0": 1.0, "kl_scale": 1.0, "l2": 0.0, "edge_norm": False},
+                          {"regularise": "kl"}),
     "random_ws": Method(UniformCells, {"candidates": 10}),
     "random": Method(RandomCell, {}),
 }
@@ -529,6 +737,10 @@ def build_posterior(method: str, space, generator: torch.Generator | None = None
     entry = get_method(method)
     if isinstance(space, str):  # a name is looked up; a Space (or anything shaped like one) is used as is
         space = spaces.get_space(space)
+    if "edge_norm" in options and "edge_norm" not in entry.defaults:
+        raise ValueError(f"edge_norm (PC-DARTS' edge normalisation) needs a distribution with architecture "
+                         f"parameters, trained by the architecture step; method {method!r} has none. Use one of "
+                         f"{', '.join(m for m, e in METHODS.items() if 'edge_norm' in e.defaults)}.")
     unknown = [k for k in options if k not in entry.defaults]
     if unknown:
         valid = ", ".join(entry.defaults) if entry.defaults else "none"

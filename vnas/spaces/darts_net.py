@@ -17,7 +17,7 @@ from torch import nn
 
 from vnas.ops import OPS, FactorizedReduce, Normalise, ReLUConvBN, drop_path
 from vnas.spaces.darts import CELL_TYPES, PRIMITIVES, STEPS, Genotype
-from vnas.supernet import MixedOp, Supernet, check_theta_shapes, run_dag
+from vnas.supernet import MixedOp, Supernet, check_theta_shapes, edge_key, run_dag
 
 
 class DartsNet(nn.Module):
@@ -87,13 +87,14 @@ class DartsSearchCell(nn.Module):
     def forward(self, s0, s1, theta, active=None):
         kind_active = None if active is None else active[self.kind]
         states = run_dag([self.preprocess0(s0), self.preprocess1(s1)], self.edges, self.mixed, theta[self.kind],
-                         kind_active)
+                         kind_active, theta.get(edge_key(self.kind)))  # PC-DARTS' edge weights, if θ has them
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
 class DartsSupernet(Supernet, DartsNet):
     """The DARTS search network: ``forward(x, {"normal": θ[14, 8], "reduce": θ[14, 8]}, active=None)``;
-    all cells of a type share their mixing weights. For speed on CPU:
+    all cells of a type share their mixing weights. With PC-DARTS' edge normalisation θ also holds the edge
+    weights ``"normal.edges"``, ``"reduce.edges"`` [14] (``vnas.supernet.edge_key``). For speed on CPU:
     ``supernet.to(memory_format=torch.channels_last)``. Introduced in chapters/02_darts.py.
     """
 

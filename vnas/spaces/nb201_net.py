@@ -15,7 +15,7 @@ from torch import nn
 
 from vnas.ops import OPS, Normalise, ResNetBasicBlock
 from vnas.spaces.nb201 import EDGES, PRIMITIVES, Genotype
-from vnas.supernet import MixedOp, Supernet, check_theta_shapes, run_dag
+from vnas.supernet import MixedOp, Supernet, check_theta_shapes, edge_key, run_dag
 
 
 class NB201Net(nn.Module):
@@ -65,7 +65,8 @@ class NB201SearchCell(nn.Module):
                                    for _ in self.edges)
 
     def forward(self, x, theta, active=None):
-        return run_dag([x], self.edges, self.mixed, theta[self.kind], None if active is None else active[self.kind])[-1]
+        return run_dag([x], self.edges, self.mixed, theta[self.kind], None if active is None else active[self.kind],
+                       theta.get(edge_key(self.kind)))[-1]  # PC-DARTS' edge weights, if θ has them
 
 
 class NB201Supernet(Supernet, NB201Net):
