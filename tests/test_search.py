@@ -332,6 +332,44 @@ def test_the_host_read_count_sees_a_read_per_step(tiny_data, monkeypatch):
     assert any("optimizer.py" in site for site in sites) and any("runs.py" in site for site in sites), sites
 
 
+def test_progressive_search_prunes_widens_and_resumes_exactly(tmp_path, tiny_data):
+    """DrNAS' progressive schedule through the search loop: stage 1 keeps 7 ops (no 'none') at K = 4, stage 2 the 4
+    strongest at K = 2 with edge normalisation; a run resumed across the stage boundary ends where an uninterrupted
+    one does. (channels_last off: torch 2.14's CPU backward of a strided 1x1 conv on fewer than 8 channels_last
+    channels corrupts memory, which tiny partial-channel cells reach.)"""
+    cfg = make("drnas", "darts", channels=8, epochs=4, stages=[[4, 7, 2], [2, 4, 2]], arch_start_epoch=1,
+               channels_last=False, posterior={"edge_norm": True})
+    straight = search.Search(cfg, dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    assert straight.schedule.updates_architecture(1) and not straight.schedule.updates_architecture(2)
+    straight.fit(log=None)
+    assert straight.stage == 1
+    for kind, theta in straight.posterior.mean().items():
+        if not kind.endswith(".edges"):
+            assert ((theta > 0).sum(1) == 4).all(), (kind, theta)
+    assert {m.k for _, _, m in straight.supernet.mixed_ops()} == {2}
+    killed = search.start(cfg, tmp_path / "run", dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    killed.fit(epochs=3, log=None)  # one epoch into stage 2
+    resumed = search.resume(tmp_path / "run", dataset=tiny_data, device=torch.device("cpu"), progress=False)
+    assert resumed.stage == 1
+    resumed.fit(log=None)
+    for a, b in ((resumed.supernet, straight.supernet), (resumed.posterior, straight.posterior)):
+        for key, value in b.state_dict().items():
+            assert torch.equal(a.state_dict()[key], value), key
+    assert str(resumed.genotype()) == str(straight.genotype())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(stages=[[4, 7, 2], [2, 4, 2]], epochs=3), "stages last 4 epochs in all"),
+    (dict(stages=[[3, 7, 2], [2, 4, 2]], epochs=4), "stages: "),
+    (dict(stages=[[4, 7, 2], [2, 4, 2]], epochs=4, weights="gaussian"), "Bayesian weight layers"),
+    (dict(stages=[[4, 7, 2], [2, 4, 2]], epochs=4, partial_channels=2), "leave partial_channels at 1")])
+def test_bad_progressive_schedules(bad, message):
+    with pytest.raises(ValueError, match=message):
+        make("drnas", "darts", channels=8, **bad)
+    with pytest.raises(ValueError, match="learns none"):
+        make("random_ws", "darts", channels=8, stages=[[4, 7, 2], [2, 4, 2]], epochs=4)
+
+
 def _cli_search(out, epochs, extra=()):
     env = {**os.environ, "VNAS_MODE": "smoke", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "vnas", "search", "--space", "nb201", "--method", "variational", "--mode", "smoke",

@@ -24,6 +24,7 @@ import torch
 
 from vnas import bayes, config, data, distributed, metrics, objectives, posteriors, runs, spaces
 from vnas.runs import NonFiniteError
+from vnas.supernet import ProgressiveSchedule, carry_optimizer_state, fold_edge_weights
 
 
 @dataclass
@@ -38,6 +39,9 @@ class SearchConfig:
     layers: int = 8  # DARTS: cells in the supernet; NB201: cells per stage (N)
     channels: int = 16
     partial_channels: int = 1  # PC-DARTS: 1/K of the channels enter each mixed op (1 = off)
+    # DrNAS' progressive search: [[partial_channels K, ops kept per edge, epochs], ...] ([] = off); at each stage
+    # boundary every edge keeps its strongest ops and the ops widen to C/K; arch_start_epoch then counts per stage
+    stages: list = field(default_factory=list)
     images_per_class: int = 0  # 0: the whole training set; else a class-balanced subset, split in two halves
     image_size: int = 32  # < 32: images averaged down to this side (16: NB201's ImageNet16 resolution)
     batch_size: int = 64  # the global batch: with K processes (torchrun) each takes batch_size / K images
@@ -91,9 +95,29 @@ class SearchConfig:
         if self.image_size not in (8, 16, 32):
             raise ValueError(f"image_size={self.image_size}: use 32 (CIFAR-10 as is), 16 or 8 (averaged down).")
         self._check_weights()
+        self._check_stages(method)
         if not method.trained and self.order != "first":
             raise ValueError(f"Method {self.method!r} has no architecture step, so order={self.order!r} does not "
                              "apply; leave order at 'first'.")
+
+    def _check_stages(self, method) -> None:
+        if not self.stages:
+            return
+        try:
+            schedule = ProgressiveSchedule(self.stages, self.arch_start_epoch)
+            schedule.check(self.channels, spaces.get_space(self.space).ops)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"stages: {err}") from None
+        if schedule.epochs != self.epochs:
+            raise ValueError(f"stages last {schedule.epochs} epochs in all "
+                             f"({' + '.join(str(s.epochs) for s in schedule.stages)}); set epochs = {schedule.epochs}.")
+        if self.partial_channels not in (1, schedule.stages[0].partial_channels):
+            raise ValueError("stages set partial_channels per stage; leave partial_channels at 1.")
+        if not method.trained:
+            raise ValueError(f"stages prune ops by the distribution's mean weights; method {self.method!r} learns none.")
+        if self.weights != "point":
+            raise ValueError("stages rebuild the ops wider, which Bayesian weight layers do not support; "
+                             "use weights = 'point'.")
 
     def _check_weights(self) -> None:
         if check_weight_options(self) and self.weight_prior == "coupled":
@@ -173,8 +197,11 @@ class Search(runs.EpochLoop):
         config.setup(cfg.seed)
         self.dataset = dataset or data.load_cifar10()
         self._make_data()
+        self.schedule = ProgressiveSchedule(cfg.stages, cfg.arch_start_epoch) if cfg.stages else None
+        self.stage = 0  # the progressive schedule's stage (0 without one)
+        k0 = self.schedule.stages[0].partial_channels if self.schedule else cfg.partial_channels
         self.supernet = self.space.build_supernet(C=cfg.channels, layers=cfg.layers, num_classes=10,
-                                                  partial_channels=cfg.partial_channels).to(self.device)
+                                                  partial_channels=k0).to(self.device)
         if cfg.channels_last:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
         self.weight_prior = None  # point weights: their prior is the L2 term weight_decay
@@ -184,6 +211,11 @@ class Search(runs.EpochLoop):
         self._weight_kl_weight = self.weight_kl_weight(0.0)  # updated before every step (KL annealing)
         self._variational = {id(p) for _, m in bayes.variational_layers(self.supernet) for p in m.parameters()}
         self.posterior = posteriors.build_posterior(cfg.method, self.space, **cfg.posterior).to(self.device)
+        if self.schedule is not None:  # DrNAS' DARTS space has no 'none': its first stage keeps the other 7 ops
+            initial = self.schedule.initial_keep(self.supernet.shapes, self.supernet.primitives)
+            if initial is not None:
+                self.posterior.prune(initial)
+                self.supernet.set_stage(initial, k0)
         # the L2 terms are in the objectives (objectives.architecture_terms / weight_terms), not here
         # one kernel per optimiser step on CUDA, and no host read (vnas.runs.optimizer_options)
         self.arch_optimizer = (torch.optim.Adam(self.posterior.parameters(), lr=cfg.arch_lr,
@@ -191,8 +223,8 @@ class Search(runs.EpochLoop):
                                if self.posterior.trained else None)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          **runs.optimizer_options(self.device, sparse=self.posterior.sparse))
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(cfg.epochs, 1),
-                                                                    eta_min=cfg.lr_min)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, self.schedule.stages[0].epochs if self.schedule else max(cfg.epochs, 1), eta_min=cfg.lr_min)
         self.watch = runs.FiniteWatch(self.device)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
@@ -221,6 +253,26 @@ class Search(runs.EpochLoop):
     def _active(self, theta):
         """Which ops run: only a sparse distribution's samples have exact zeros worth skipping."""
         return self.supernet.active(theta) if self.posterior.sparse else None
+
+    def enter_stage(self, index: int, keep=None) -> None:
+        """Stage ``index`` of the progressive schedule: every edge keeps its ``ops`` strongest ops by the mean
+        weight (or the recorded ``keep``), the ops widen to C/K channels (their old weights in the leading ones),
+        and the weight optimiser is rebuilt, its momentum carried, with a fresh cosine schedule over the stage
+        (an assumption: DrNAS' code restarts the learning rate at the boundary, on its 50-epoch curve).
+        Introduced in chapters/06_full_search.py."""
+        cfg, stage = self.cfg, self.schedule.stages[index]
+        if keep is None:
+            keep = self.posterior.top_k_keep(stage.ops)
+        self.posterior.prune(keep)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed * 1000 + index)  # the new channels: the same on every rank; global RNG untouched
+            carried = self.supernet.set_stage(keep, stage.partial_channels)  # keeps the memory layout
+        old = self.optimizer
+        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         **runs.optimizer_options(self.device, sparse=self.posterior.sparse))
+        carry_optimizer_state(old, self.optimizer, carried)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, stage.epochs, eta_min=cfg.lr_min)
+        self.stage = index
 
     def _local(self, batch):
         """This process's shard of a global batch (all of it in one process)."""
@@ -328,12 +380,15 @@ class Search(runs.EpochLoop):
         """One epoch of alternating architecture and weight steps; returns the history row."""
         cfg = self.cfg
         start = time.perf_counter()
+        if self.schedule is not None and self.schedule.starts_stage(self.epoch):
+            self.enter_stage(self.schedule.stage_of(self.epoch))
         self.supernet.train()
         self.posterior.set_progress(self.epoch, max(cfg.epochs, self.epoch + 1))
         self.train_batches.set_epoch(self.epoch)
         self.val_batches.set_epoch(self.epoch)
         lr = self.scheduler.get_last_lr()[0]
-        update_arch = self.posterior.trained and self.epoch >= cfg.arch_start_epoch
+        due = self.schedule.updates_architecture(self.epoch) if self.schedule else self.epoch >= cfg.arch_start_epoch
+        update_arch = self.posterior.trained and due
         means = runs.EpochMeans()
         self.watch.reset()
         steps = self.steps_per_epoch()
@@ -439,7 +494,8 @@ class Search(runs.EpochLoop):
 
     def genotype(self):
         """The cell the search has found so far, derived from the distribution's mean."""
-        return self.space.derive({k: v.detach().float().cpu() for k, v in self.posterior.mean().items()})
+        mean = fold_edge_weights(self.posterior.mean())  # γ·θ with edge normalisation (PC-DARTS), θ otherwise
+        return self.space.derive({k: v.detach().float().cpu() for k, v in mean.items()})
 
     @torch.no_grad()
     def sample_genotypes(self, samples: int) -> list:
@@ -448,7 +504,7 @@ class Search(runs.EpochLoop):
     Introduced in chapters/04_bayesian_structure_posterior.py."""
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}.")
-        return [self.space.derive({k: v.float().cpu() for k, v in self.posterior.sample().items()})
+        return [self.space.derive({k: v.float().cpu() for k, v in fold_edge_weights(self.posterior.sample()).items()})
                 for _ in range(samples)]
 
     # --- collapse diagnostics ---
@@ -484,9 +540,14 @@ class Search(runs.EpochLoop):
         state = {"supernet": self.supernet.state_dict(), "posterior": self.posterior.state_dict()}
         if self.arch_optimizer is not None:
             state["arch_optimizer"] = self.arch_optimizer.state_dict()
+        if self.schedule is not None:
+            state["stage"] = {"index": self.stage, **self.supernet.stage()}
         return state
 
     def load_model_state(self, state: dict) -> None:
+        record = state.get("stage")
+        if self.schedule is not None and record is not None and record["index"] != self.stage:
+            self.enter_stage(record["index"], {c: torch.tensor(v) for c, v in record["keep"].items()})
         self.supernet.load_state_dict(state["supernet"])
         self.posterior.load_state_dict(state["posterior"])
         if self.arch_optimizer is not None:
