@@ -114,7 +114,8 @@ class SearchConfig:
         if self.partial_channels not in (1, schedule.stages[0].partial_channels):
             raise ValueError("stages set partial_channels per stage; leave partial_channels at 1.")
         if not method.trained:
-            raise ValueError(f"stages prune ops by the distribution's mean weights; method {self.method!r} learns none.")
+            raise ValueError(f"stages prune ops by the distribution's mean weights; method {self.method!r} "
+                             "learns none.")
         if self.weights != "point":
             raise ValueError("stages rebuild the ops wider, which Bayesian weight layers do not support; "
                              "use weights = 'point'.")
