@@ -530,21 +530,14 @@ else:
 # What stands between a GPU and its peak is often not arithmetic but the host: every read of a tensor's value
 # (`.item()`, `bool(t)`, `.tolist()`, `.cpu()`) makes Python wait until the GPU has finished all the work queued
 # before it, so a read per step leaves the GPU idle while Python catches up. `vnas.hostreads.count_host_reads`
-# counts the reads of a block, with the line that made each. The reads *per step* are the difference between an
-# epoch of 3 steps and one of 1, halved (an epoch's own reads, its evaluation and its one read of the logged means,
-# cancel):
+# counts the reads of a block, with the line that made each; `reads_per_step` gives the reads *per step*: the
+# difference between an epoch of 3 steps and one of 1, halved (an epoch's own reads, its evaluation and its one read
+# of the logged means, cancel):
 
 # %%
 probe = search.Search(search.load_search_config("darts", method="darts", run_mode="smoke", epochs=4), dataset=cifar,
                       device=DEVICE, progress=False)
-counts = []
-for steps in (1, 1, 3):  # the first epoch builds the optimisers' state: not counted
-    probe.cfg.steps_per_epoch = steps
-    with hostreads.count_host_reads(DEVICE.type) as found:
-        probe.train_epoch()
-    counts.append(found["reads"])
-per_step = {site: (counts[2][site] - counts[1].get(site, 0)) / 2 for site in counts[2]
-            if counts[2][site] != counts[1].get(site, 0)}
+per_step = hostreads.reads_per_step(probe, DEVICE.type)
 print(f"host reads per search step on this {DEVICE.type.upper()}: {sum(per_step.values()):g}")
 for (what, site, _), n in sorted(per_step.items(), key=lambda kv: -kv[1]):
     print(f"  {n:g} x {what:9s} at {site}")

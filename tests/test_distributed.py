@@ -42,6 +42,15 @@ def _workers(proc) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
+def _first_epoch(folder: Path, timeout_s: float = 600) -> Path:
+    """The run folder's history.jsonl, once its first epoch is written (or the timeout has passed)."""
+    history = folder / "history.jsonl"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and (not history.exists() or not history.read_text().strip()):
+        time.sleep(0.05)
+    return history
+
+
 def _one(*args):
     return subprocess.run([sys.executable, "-m", "vnas", *args], env=_env(), cwd=config.ROOT, capture_output=True,
                           text=True, timeout=600)
@@ -98,10 +107,7 @@ def test_a_killed_two_process_run_resumes_exactly(two_process_run, tmp_path):
     root, cfg, _, _ = two_process_run
     slow = _config(tmp_path / "slow.toml", epochs=3)
     killed = _torchrun(2, "search", *SMOKE, "--config", str(slow), "--out", str(tmp_path / "killed"))
-    history = tmp_path / "killed" / "history.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and (not history.exists() or not history.read_text().strip()):
-        time.sleep(0.05)
+    history = _first_epoch(tmp_path / "killed")
     for pid in _workers(killed):  # both workers (torchrun starts them in sessions of their own), then torchrun
         os.kill(pid, signal.SIGKILL)
     os.killpg(killed.pid, signal.SIGKILL)
@@ -124,10 +130,7 @@ def test_a_killed_two_process_run_resumes_exactly(two_process_run, tmp_path):
 def test_a_rank_that_dies_stops_the_run_and_keeps_what_was_saved(tmp_path):
     slow = _config(tmp_path / "slow.toml", epochs=50)
     proc = _torchrun(2, "search", *SMOKE, "--config", str(slow), "--out", str(tmp_path / "run"))
-    history = tmp_path / "run" / "history.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and (not history.exists() or not history.read_text().strip()):
-        time.sleep(0.05)
+    history = _first_epoch(tmp_path / "run")
     rank1 = [pid for pid in _workers(proc) if b"\0RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
     assert len(rank1) == 1
     os.kill(rank1[0], signal.SIGKILL)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from test_supernet import _count_calls  # the call counter the supernet tests use
 from torch import nn
 
 from vnas import objectives, spaces
@@ -32,16 +33,6 @@ DARTS_SHAPES = {"normal": (14, 8), "reduce": (14, 8)}
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def _count_calls(modules):
-    counts = [0] * len(modules)
-    handles = []
-    for i, m in enumerate(modules):
-        def hook(*_, i=i):
-            counts[i] += 1
-        handles.append(m.register_forward_hook(hook))
-    return counts, handles
 
 
 def _leaves(module):

@@ -290,7 +290,7 @@ def test_the_inner_loop_reads_nothing_back_per_step_anywhere(method, space, orde
     CPU with every read of a tensor counted, torch's own included (vnas.hostreads): the reads per step are the
     difference between an epoch of 3 steps and one of 1, halved. Dense methods read nothing per step; GDAS reads
     which ops its one-hot samples run (one read per sample and cell type), and nothing else."""
-    from vnas.hostreads import count_host_reads
+    from vnas.hostreads import reads_per_step
 
     cuda = runs.optimizer_options
     monkeypatch.setattr(runs, "optimizer_options", lambda device, sparse=False: cuda(torch.device("cuda"), sparse))
@@ -298,16 +298,7 @@ def test_the_inner_loop_reads_nothing_back_per_step_anywhere(method, space, orde
                       progress=False)
     assert s.arch_optimizer.defaults["fused"] and s.optimizer.defaults["foreach" if sparse_reads else "fused"]
     s.watch = runs.FiniteWatch("cpu", every=0)  # as on CUDA
-
-    def reads(steps):
-        s.cfg.steps_per_epoch = steps
-        with count_host_reads("cpu") as found:
-            s.train_epoch()
-        return found["reads"]
-
-    reads(1)  # warm-up: lazily built state (optimiser buffers) is read once
-    one, three = reads(1), reads(3)
-    per_step = {site: (three[site] - one.get(site, 0)) / 2 for site in three if three[site] != one.get(site, 0)}
+    per_step = reads_per_step(s, "cpu")
     if not sparse_reads:
         assert per_step == {}, per_step
     else:
@@ -319,16 +310,10 @@ def test_the_inner_loop_reads_nothing_back_per_step_anywhere(method, space, orde
 def test_the_host_read_count_sees_a_read_per_step(tiny_data, monkeypatch):
     """The counter can fail: the plain Adam's step count (a CPU tensor read with .item()) and the finite watch's
     CPU read are reads per step."""
-    from vnas.hostreads import count_host_reads
+    from vnas.hostreads import reads_per_step
 
     s = search.Search(make("darts", "darts", epochs=4), dataset=tiny_data, device=torch.device("cpu"), progress=False)
-    counts = []
-    for steps in (1, 1, 3):
-        s.cfg.steps_per_epoch = steps
-        with count_host_reads("cpu") as found:
-            s.train_epoch()
-        counts.append(found["reads"])
-    sites = {site[1] for site in counts[2] if counts[2][site] != counts[1].get(site, 0)}
+    sites = {site[1] for site in reads_per_step(s, "cpu")}
     assert any("optimizer.py" in site for site in sites) and any("runs.py" in site for site in sites), sites
 
 

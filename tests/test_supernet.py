@@ -245,6 +245,18 @@ def _run_both_paths(net, theta, x, active=None):
     return out[True], out[False]
 
 
+def _assert_paths_agree(net, theta, x):
+    """Same logits and the same gradients w.r.t. θ and every weight on the fused and plain paths (float64, train-mode
+    BN); returns the fused path's gradients w.r.t. θ."""
+    (lf, tf, wf), (lp, tp, wp) = _run_both_paths(net, theta, x)
+    torch.testing.assert_close(lf, lp, rtol=1e-10, atol=1e-12)
+    for a, b in zip(tf + wf, tp + wp, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    return tf
+
+
 @pytest.mark.parametrize("space,kw", [("darts", dict(C=4, layers=3)),
                                       ("darts", dict(C=4, layers=3, partial_channels=2)),
                                       ("nb201", dict(C=4, layers=2)),
@@ -254,13 +266,7 @@ def test_fused_path_is_the_plain_equation(space, kw):
     """For dense θ: same logits and the same gradients w.r.t. θ and every weight (float64, train-mode BN)."""
     net = build_supernet(space, **kw).double().to(memory_format=torch.channels_last)
     theta = _softmax_theta(net)
-    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
-    (lf, tf, wf), (lp, tp, wp) = _run_both_paths(net, theta, x)
-    torch.testing.assert_close(lf, lp, rtol=1e-10, atol=1e-12)
-    for a, b in zip(tf + wf, tp + wp, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    _assert_paths_agree(net, theta, torch.rand(3, 3, 8, 8, dtype=torch.float64))
 
 
 def test_fused_path_skips_zero_weights_and_drops_only_their_gradient():
@@ -425,12 +431,7 @@ def test_fused_path_is_the_plain_equation_with_edge_weights(space, kw):
     net = build_supernet(space, **kw).double().to(memory_format=torch.channels_last)
     theta = _edge_theta(net)
     x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
-    (lf, tf, wf), (lp, tp, wp) = _run_both_paths(net, theta, x)
-    torch.testing.assert_close(lf, lp, rtol=1e-10, atol=1e-12)
-    for a, b in zip(tf + wf, tp + wp, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    tf = _assert_paths_agree(net, theta, x)
     assert all(g.abs().sum() > 0 for g in tf)  # γ gets a gradient on both cell types
     without = {k: v for k, v in theta.items() if k in net.shapes}
     assert not torch.allclose(net(x, theta), net(x, without))  # the edge weights do something

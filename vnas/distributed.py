@@ -117,12 +117,6 @@ class Group:
             t.copy_(flat[i:i + t.numel()].view_as(t))
             i += t.numel()
 
-    def sum_(self, tensors: list[torch.Tensor]) -> None:
-        """Replace each tensor by its sum over the ranks, in place (one all-reduce)."""
-        self.mean_(tensors)
-        for t in tensors:
-            t.mul_(self.world)
-
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank (picklable; a no-op alone)."""
         if self.world == 1:

@@ -109,4 +109,19 @@ def count_host_reads(device_type: str):
         found["syncs"][("sync", f"{_short(w.filename)}:{w.lineno}", "-")] += 1
 
 
-__all__ = ["READS", "count_host_reads"]
+def reads_per_step(job, device_type: str) -> dict[tuple[str, str, str], float]:
+    """The host reads that each step of ``job.train_epoch()`` makes (a search or a training, whose
+    ``cfg.steps_per_epoch`` is set here), by (what, site, vnas site): an epoch of 3 steps less an epoch of 1, halved,
+    so that an epoch's own reads (its evaluation, its one read of the logged means) cancel. A first epoch of 1 step,
+    not counted, builds the lazily made state (optimiser buffers). Introduced in chapters/06_full_search.py."""
+    counts = []
+    for steps in (1, 1, 3):
+        job.cfg.steps_per_epoch = steps
+        with count_host_reads(device_type) as found:
+            job.train_epoch()
+        counts.append(found["reads"])
+    one, three = counts[1], counts[2]
+    return {site: (three[site] - one.get(site, 0)) / 2 for site in three if three[site] != one.get(site, 0)}
+
+
+__all__ = ["READS", "count_host_reads", "reads_per_step"]
